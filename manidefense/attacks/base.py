@@ -1,0 +1,213 @@
+"""The `Attack` base class: the attack contract written once.
+
+`attack(model, x, y, target=None) -> x_adv`. The base class validates the inputs, probes the
+model once (number of classes, logits or probabilities), splits the data into batches, runs one
+compiled graph per batch and restart, keeps the most damaging restart per example, and finally
+projects onto the eps-ball and clips to `bounds` even if a subclass forgot. Subclasses only
+write `_attack_batch`, a graph-safe function of one batch.
+"""
+
+import inspect
+import random as python_random
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from manidefense.attacks import norms
+from manidefense.attacks.gradients import OUTPUTS, logits_function, output_kind
+from manidefense.attacks.objectives import is_successful, objective
+from manidefense.validation import (
+    check_bounds,
+    check_choice,
+    check_images,
+    check_labels,
+    check_positive_int,
+)
+
+
+def resolve_jit_compile(jit_compile):
+    """`"auto"` means XLA only on accelerators: on CPU it measured 2-4x slower (BENCHMARKS.md)."""
+    if jit_compile == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    if not isinstance(jit_compile, bool):
+        raise ValueError(
+            "Argument `jit_compile` must be True, False or 'auto'. "
+            f"Received: jit_compile={jit_compile!r}"
+        )
+    return jit_compile
+
+
+def better(loss_a, success_a, loss_b, success_b):
+    """Per example: is candidate `a` more damaging than `b`? Success first, then loss."""
+    return ops.logical_or(
+        ops.logical_and(success_a, ops.logical_not(success_b)),
+        ops.logical_and(ops.equal(success_a, success_b), loss_a > loss_b),
+    )
+
+
+def select(mask, a, b):
+    """Per-example `where` for a batch of any rank."""
+    mask = ops.reshape(mask, (-1,) + (1,) * (len(a.shape) - 1))
+    return ops.where(mask, a, b)
+
+
+class Attack:
+    """Base class of all attacks.
+
+    Args:
+        bounds: valid input range `(low, high)`; inputs outside it are rejected.
+        batch_size: examples per compiled call.
+        num_restarts: independent runs per example; the most damaging one is kept
+            (a misclassified result beats any loss value; among equals the higher loss wins).
+        loss: objective maximised, `"ce"`, `"margin"` or `"dlr"`; also used to rank restarts.
+        seed: int or None. Equal seeds give equal results.
+        verbose: show a progress bar when there is more than one batch.
+        jit_compile: compile with XLA; `"auto"` turns it on only when a GPU is present.
+        output: `"auto"`, `"logits"` or `"probabilities"`: what the model returns.
+    """
+
+    def __init__(self, *, bounds=(0.0, 1.0), batch_size=256, num_restarts=1, loss="ce",
+                 seed=None, verbose=False, jit_compile="auto", output="auto"):
+        self.bounds = check_bounds(bounds)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.num_restarts = check_positive_int("num_restarts", num_restarts)
+        self.loss = check_choice("loss", loss, ("ce", "margin", "dlr"))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"Argument `seed` must be an int or None. Received: seed={seed!r}")
+        self.seed = seed
+        self.verbose = bool(verbose)
+        resolve_jit_compile(jit_compile)
+        self.jit_compile = jit_compile
+        self.output = check_choice("output", output, OUTPUTS)
+        self._seed_generator = None
+        self._graphs = {}
+
+    # === To be written by subclasses ===
+
+    def _attack_batch(self, logits_fn, x, labels, target):
+        """Returns adversarial inputs for one float32 batch; graph-safe (no numpy, no eager)."""
+        raise NotImplementedError
+
+    # === The contract ===
+
+    def __call__(self, model, x, y, target=None):
+        """Runs the attack.
+
+        Args:
+            model: a Keras classifier returning `(batch, num_classes)` logits or probabilities.
+            x: inputs within `bounds`, floating point, batch first.
+            y: integer true labels, shape `(batch,)`.
+            target: integer target labels for a targeted attack, or None.
+
+        Returns:
+            Adversarial inputs, same shape, dtype and array type (numpy or tensor) as `x`.
+        """
+        is_numpy = isinstance(x, np.ndarray)
+        x_np = check_images(x, self.bounds)
+        y_np = check_labels(y, x_np.shape[0], "y")
+        t_np = None if target is None else check_labels(target, x_np.shape[0], "target")
+        num_classes, kind = self._probe(model, x_np[: min(len(x_np), 8)])
+        check_labels(y_np, len(y_np), "y", num_classes)
+        if t_np is not None:
+            check_labels(t_np, len(t_np), "target", num_classes)
+        self.output_kind_ = kind
+        self._reset_seed()
+        run = self._graph(model, target is not None)
+        out = np.empty(x_np.shape, dtype=np.float32)
+        starts = range(0, len(x_np), self.batch_size)
+        bar = keras.utils.Progbar(len(x_np)) if self.verbose and len(starts) > 1 else None
+        for start in starts:
+            sl = slice(start, start + self.batch_size)
+            xb = tf.constant(x_np[sl], dtype=tf.float32)
+            yb = tf.constant(y_np[sl])
+            tb = None if t_np is None else tf.constant(t_np[sl])
+            out[sl] = self._restarts(run, xb, yb, tb).numpy()
+            if bar is not None:
+                bar.add(len(x_np[sl]))
+        out = out.astype(x_np.dtype, copy=False)
+        return out if is_numpy else ops.convert_to_tensor(out)
+
+    def _probe(self, model, x_sample):
+        outputs = model(ops.convert_to_tensor(x_sample, dtype="float32"), training=False)
+        if len(outputs.shape) != 2 or outputs.shape[-1] is None or outputs.shape[-1] < 2:
+            raise ValueError(
+                "Argument `model` must return a (batch, num_classes) tensor with at least two "
+                f"classes. Received: output shape {tuple(outputs.shape)}"
+            )
+        return int(outputs.shape[-1]), output_kind(model, outputs, self.output)
+
+    def _reset_seed(self):
+        # seed=None follows Python's global RNG, as Keras does, so set_random_seed applies.
+        seed = self.seed if self.seed is not None else python_random.randint(1, 2**31 - 1)
+        if self._seed_generator is None:
+            self._seed_generator = keras.random.SeedGenerator(seed)
+        self._seed_generator.state.assign(
+            ops.convert_to_tensor([seed, 0], dtype=self._seed_generator.state.dtype)
+        )
+
+    def _graph(self, model, targeted):
+        key = (id(model), targeted)
+        cached = self._graphs.get(key)
+        if cached is not None and cached[0]() is model:
+            return cached[1]
+        logits_fn = logits_function(model, self.output)
+
+        def run(x, labels, target=None):
+            x_adv = self._attack_batch(logits_fn, x, labels, target)
+            x_adv = self._constrain(x, x_adv)
+            logits = logits_fn(x_adv)
+            return (x_adv, objective(self.loss, logits, labels, target),
+                    is_successful(logits, labels, target))
+
+        compiled = tf.function(run, jit_compile=resolve_jit_compile(self.jit_compile),
+                               reduce_retracing=True)
+        try:
+            ref = weakref.ref(model)
+        except TypeError:
+            ref = lambda: model  # noqa: E731 - a strong reference for non-weakrefable callables
+        self._graphs[key] = (ref, compiled)
+        return compiled
+
+    def _constrain(self, x, x_adv):
+        eps, norm = getattr(self, "eps", None), getattr(self, "norm", None)
+        if eps is None or norm is None:
+            return norms.clip_to_bounds(x_adv, self.bounds)
+        return norms.constrain(x, x_adv, eps, norm, self.bounds)
+
+    def _restarts(self, run, xb, yb, tb):
+        args = (xb, yb) if tb is None else (xb, yb, tb)
+        best_x, best_loss, best_success = run(*args)
+        for _ in range(self.num_restarts - 1):
+            if bool(ops.all(best_success)):
+                break  # every example is already broken: more restarts cannot help
+            x_adv, loss, success = run(*args)
+            take = better(loss, success, best_loss, best_success)
+            best_x = select(take, x_adv, best_x)
+            best_loss = ops.where(take, loss, best_loss)
+            best_success = ops.logical_or(best_success, success)
+        return best_x
+
+    # === Configuration ===
+
+    def get_config(self):
+        return {name: getattr(self, name) for name in _init_arguments(type(self))}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _init_arguments(cls):
+    """Constructor argument names; `**kwargs` stands for the `Attack` base arguments."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    names = [p.name for p in params if p.name != "self" and p.kind != p.VAR_KEYWORD]
+    if any(p.kind == p.VAR_KEYWORD for p in params) and cls is not Attack:
+        names += [n for n in _init_arguments(Attack) if n not in names]
+    return names
