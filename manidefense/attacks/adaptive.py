@@ -1,0 +1,169 @@
+"""Adaptive wrappers: BPDA and EoT turn every gradient attack into an adaptive one.
+
+They wrap the *model*, not the attack, so `PGD(...)(EoT(BPDA(defense)), x, y)` is BPDA+EoT
+with any attack of the library and no special attack class.
+
+Layers and models describe themselves with three optional attributes, read here:
+
+- `randomized = True`: the forward pass draws fresh randomness at inference (needs EoT);
+- `non_differentiable = True`: gradients through it are zero, undefined or useless (needs BPDA);
+- `surrogate`: a differentiable stand-in for the backward pass (a layer or model with the same
+  output shape); None means the identity (for layers whose output has the input's shape).
+
+Reference:
+    Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security: Circumventing
+    Defenses to Adversarial Examples", ICML 2018.
+"""
+
+import keras
+from keras import ops
+
+from manidefense.attacks.gradients import as_logits
+from manidefense.validation import check_positive_int
+
+
+def sublayers(obj):
+    """`obj` and every layer nested in it (models, wrappers, layers), each once."""
+    seen, stack, out = set(), [obj], []
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        out.append(item)
+        if isinstance(item, keras.layers.Layer):
+            stack.extend(item._flatten_layers(include_self=False, recursive=False))
+        for name in ("layer", "model", "surrogate"):
+            inner = getattr(item, name, None)
+            if isinstance(inner, keras.layers.Layer):
+                stack.append(inner)
+    return out
+
+
+def is_randomized(model):
+    """True when `model` or any layer in it declares `randomized = True`."""
+    return any(getattr(layer, "randomized", False) for layer in sublayers(model))
+
+
+def is_non_differentiable(model):
+    """True when `model` or a layer in it declares `non_differentiable = True` (and is not
+    already wrapped in `BPDA`)."""
+    wrapped = {id(inner) for b in sublayers(model) if isinstance(b, BPDA)
+               for inner in sublayers(b.layer)}
+    return any(getattr(layer, "non_differentiable", False) and id(layer) not in wrapped
+               for layer in sublayers(model))
+
+
+def _call(layer, inputs, training):
+    try:
+        return layer(inputs, training=training)
+    except TypeError:
+        return layer(inputs)
+
+
+@keras.saving.register_keras_serializable(package="manidefense")
+class BPDA(keras.layers.Layer):
+    """Backward pass differentiable approximation: the real forward, a surrogate's gradient.
+
+    The output equals `layer(x)` exactly, while gradients flow as if the output were
+    `surrogate(x)`: `surrogate(x) + stop_gradient(layer(x) - surrogate(x))`. The surrogate is,
+    in order: the `surrogate` argument, the layer's declared `surrogate` attribute, or the
+    identity (then `layer` must preserve its input's shape, e.g. a quantisation or a
+    denoising layer).
+
+    Args:
+        layer: the layer or model whose gradient is broken.
+        surrogate: optional differentiable layer or model with the same output shape.
+
+    Example:
+    >>> attack = manidefense.attacks.PGD(eps=0.1)
+    >>> x_adv = attack(keras.Sequential([BPDA(quantize), classifier]), x, y)
+    """
+
+    def __init__(self, layer, surrogate=None, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.surrogate = surrogate
+        self.randomized = is_randomized(layer)
+
+    def _approximation(self, inputs, training):
+        surrogate = self.surrogate or getattr(self.layer, "surrogate", None)
+        if surrogate is None:
+            return inputs
+        return _call(surrogate, inputs, training)
+
+    def call(self, inputs, training=False):
+        real = _call(self.layer, inputs, training)
+        approx = self._approximation(inputs, training)
+        if tuple(real.shape[1:]) != tuple(approx.shape[1:]):
+            raise ValueError(
+                "BPDA's surrogate must produce the layer's output shape (the identity only fits "
+                "shape-preserving layers): pass `surrogate=`. Received: layer output shape "
+                f"{tuple(real.shape)}, surrogate output shape {tuple(approx.shape)}"
+            )
+        approx = ops.cast(approx, real.dtype)
+        return approx + ops.stop_gradient(real - approx)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["layer"] = keras.saving.serialize_keras_object(self.layer)
+        config["surrogate"] = (None if self.surrogate is None
+                               else keras.saving.serialize_keras_object(self.surrogate))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        if config.get("surrogate") is not None:
+            config["surrogate"] = keras.saving.deserialize_keras_object(config["surrogate"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="manidefense")
+class EoT(keras.layers.Layer):
+    """Expectation over transformation: averages a randomized model's logits over draws.
+
+    Each input is repeated `num_samples` times in one batched call, so every copy gets its own
+    randomness; the outputs are turned into logits (probabilities become log-probabilities) and
+    averaged. Attacking the average follows the gradient of the expected logits, which is what
+    breaks defenses that rely on noise to mislead single-sample gradients.
+
+    Args:
+        model: the randomized classifier.
+        num_samples: random draws per input and per forward pass (≥ 20 for an evaluation, as
+            the evaluation checklist asks).
+
+    Example:
+    >>> x_adv = manidefense.attacks.PGD(eps=0.1)(EoT(noisy_model, num_samples=20), x, y)
+    """
+
+    def __init__(self, model, num_samples=20, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.num_samples = check_positive_int("num_samples", num_samples)
+
+    def call(self, inputs, training=False):
+        n = self.num_samples
+        tiled = ops.repeat(inputs, n, axis=0)
+        logits = as_logits(_call(self.model, tiled, training))
+        logits = ops.reshape(logits, (-1, n, logits.shape[-1]))
+        return ops.mean(logits, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return self.model.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["model"] = keras.saving.serialize_keras_object(self.model)
+        config["num_samples"] = self.num_samples
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
