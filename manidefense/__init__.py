@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from manidefense import attacks, datasets, validation, zoo  # noqa: E402
+# visualization imports matplotlib only when a figure is drawn, so importing it here is cheap.
+from manidefense import attacks, datasets, validation, visualization, zoo  # noqa: E402
 
-__all__ = ["attacks", "datasets", "validation", "zoo", "__version__"]
+__all__ = ["attacks", "datasets", "validation", "visualization", "zoo", "__version__"]

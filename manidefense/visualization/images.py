@@ -61,6 +61,8 @@ def plot_adversarial_grid(x, adversarials, labels=None, predictions=None, class_
         title = "clean"
         if labels is not None:
             title += f"\n{name_of(int(labels[i]))}"
+        if "clean" in predictions:
+            title += f" → {name_of(int(predictions['clean'][i]))}"
         _show(axes[i, 0], x[i], title, limits=bounds)
         for j, name in enumerate(names):
             x_adv = np.asarray(adversarials[name])
