@@ -35,7 +35,7 @@ The model uses random weights (`keras.utils.set_random_seed(0)`): PGD has no ear
 its cost does not depend on the weights or on how many points are already misclassified.
 
 Usage:
-    .venv/bin/python bench/attack_speed.py            # full run (~5 min), updates BENCHMARKS.md
+    .venv/bin/python bench/attack_speed.py            # ~4.5 min idle; updates BENCHMARKS.md
     .venv/bin/python bench/attack_speed.py --quick    # smoke test, does not write BENCHMARKS.md
 """
 
@@ -320,7 +320,7 @@ def interpretation(result):
     basis, r = ratios(result)
     verdict = "meets" if r["graph"] <= TARGET_RATIO else "misses"
     text = (f"In {basis} (the decisive measure for this run), PGD-Linf-20 in graph "
-            f"mode costs {r['graph']:.2f}× its floor (median over all wall-clock runs: "
+            f"mode costs {r['graph']:.3f}× its floor (median over all wall-clock runs: "
             f"{wall['graph']:.2f}×) and {verdict} the ≤{TARGET_RATIO}× target (peers measured "
             f"earlier on this machine: CleverHans 4 ≈1.0×, Foolbox ≈2.1×, ART ≈2.5×)")
     if "eager" in r and "xla" in r:
