@@ -55,10 +55,11 @@ def is_non_differentiable(model):
 
 
 def _call(layer, inputs, training):
-    try:
+    # Keras layers drop `training` themselves when their call() does not take it; plain
+    # callables get only the inputs. (Catching TypeError here would hide real errors.)
+    if isinstance(layer, keras.layers.Layer):
         return layer(inputs, training=training)
-    except TypeError:
-        return layer(inputs)
+    return layer(inputs)
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
