@@ -3,6 +3,15 @@
 __version__ = "0.1.0.dev0"
 
 # visualization imports matplotlib only when a figure is drawn, so importing it here is cheap.
-from manidefense import attacks, datasets, validation, visualization, zoo  # noqa: E402
+from manidefense import (  # noqa: E402
+    attacks,
+    datasets,
+    evaluation,
+    stats,
+    validation,
+    visualization,
+    zoo,
+)
 
-__all__ = ["attacks", "datasets", "validation", "visualization", "zoo", "__version__"]
+__all__ = ["attacks", "datasets", "evaluation", "stats", "validation", "visualization", "zoo",
+           "__version__"]

@@ -31,6 +31,25 @@ def test_margin_and_dlr_values():
                                np_(objectives.dlr(LOGITS, LABELS)), rtol=1e-5)
 
 
+def test_targeted_dlr_is_croce_and_heins_dlr_t():
+    target = np.array([3, 3])
+    # DLR-T = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), with the true label y kept.
+    # Row 0 sorted: 2, 1, .5, -1; row 1 sorted: 3, 2, 1, 0.
+    expected = [-(2.0 - 0.5) / (2.0 - (0.5 - 1.0) / 2), -(1.0 - 2.0) / (3.0 - (1.0 + 0.0) / 2)]
+    value = np_(objectives.objective("dlr", LOGITS, LABELS, target))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(np_(objectives.objective("dlr", 10 * LOGITS, LABELS, target)),
+                               value, rtol=1e-5)
+
+
+def test_dlr_needs_enough_classes():
+    with pytest.raises(ValueError, match="`loss`.*at least 4 classes.*3 classes"):
+        objectives.objective("dlr", LOGITS[:, :3], LABELS % 3, np.array([1, 1]))
+    with pytest.raises(ValueError, match="`loss`.*at least 3 classes.*2 classes"):
+        objectives.objective("dlr", LOGITS[:, :2], LABELS % 2)
+    assert np_(objectives.objective("dlr", LOGITS[:, :3], LABELS % 3)).shape == (2,)
+
+
 @pytest.mark.parametrize("loss", objectives.LOSSES)
 def test_targeted_objective_rises_towards_the_target(loss):
     target = np.array([3, 3])

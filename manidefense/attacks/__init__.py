@@ -1,9 +1,14 @@
 """Attacks: `attack(model, x, y, target=None) -> x_adv`, one compiled graph per batch."""
 
 from manidefense.attacks import norms, objectives
+from manidefense.attacks.adaptive import BPDA, EoT, adaptive_model
+from manidefense.attacks.apgd import APGD
 from manidefense.attacks.base import Attack
 from manidefense.attacks.fgsm import FGSM
 from manidefense.attacks.mifgsm import MIFGSM
+from manidefense.attacks.noise import UniformNoise
 from manidefense.attacks.pgd import PGD, projected_gradient_descent
+from manidefense.attacks.wrappers import RunnerUpTargets, Transfer
 
-__all__ = ["Attack", "FGSM", "MIFGSM", "PGD", "norms", "objectives", "projected_gradient_descent"]
+__all__ = ["APGD", "Attack", "BPDA", "EoT", "FGSM", "MIFGSM", "PGD", "RunnerUpTargets", "Transfer",
+           "UniformNoise", "adaptive_model", "norms", "objectives", "projected_gradient_descent"]

@@ -105,9 +105,6 @@ class BPDA(keras.layers.Layer):
         approx = ops.cast(approx, real.dtype)
         return approx + ops.stop_gradient(real - approx)
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
-
     def get_config(self):
         config = super().get_config()
         config["layer"] = keras.saving.serialize_keras_object(self.layer)
@@ -168,3 +165,89 @@ class EoT(keras.layers.Layer):
         config = dict(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)
+
+
+def _is_graph_model(model):
+    # Sequential and functional models can be rebuilt layer by layer with clone_model;
+    # subclassed models cannot (their call() is opaque Python).
+    return isinstance(model, keras.Model) and (
+        isinstance(model, keras.Sequential) or hasattr(model, "_operations")
+        and type(model).__name__ in ("Functional", "Sequential")
+    )
+
+
+def _wrap_if_declared(layer):
+    if getattr(layer, "non_differentiable", False) and not isinstance(layer, BPDA):
+        return BPDA(layer)
+    return layer
+
+
+def adaptive_model(model, eot_samples=20, randomized=None):
+    """The model an adaptive attacker should differentiate: BPDA and EoT applied as declared.
+
+    - A model that itself declares `non_differentiable` is wrapped whole in `BPDA` (with its
+      declared `surrogate`; a model whose output shape differs from its input needs one).
+    - A Sequential or functional model is rebuilt with `keras.models.clone_model`, every layer
+      declaring `non_differentiable` wrapped in `BPDA` (the layers are shared, not copied, so
+      weights stay tied).
+    - A randomized model (declared, or `randomized=True` from an empirical check) is wrapped
+      in `EoT(num_samples=eot_samples)`.
+    The forward pass is unchanged by BPDA; EoT's forward is the mean logit over draws.
+
+    Args:
+        model: the defended classifier.
+        eot_samples: EoT draws per forward pass; 1 turns EoT off.
+        randomized: force (True/False) or detect from declarations (None).
+
+    Returns:
+        `(attack_model, notes)`: the wrapped model and a list of sentences saying what was
+        applied or why something could not be, for the evaluation report.
+    """
+    eot_samples = check_positive_int("eot_samples", eot_samples)
+    notes, wrapped = [], model
+    if is_non_differentiable(model):
+        if getattr(model, "non_differentiable", False):
+            surrogate = getattr(model, "surrogate", None)
+            if surrogate is None and not _preserves_shape(model):
+                notes.append(
+                    f"{model.name} declares non_differentiable without a `surrogate` and changes "
+                    "the input's shape, so BPDA has no backward pass: gradient attacks see no "
+                    "gradient; rely on the gradient-free attacks."
+                )
+            else:
+                wrapped = BPDA(model)
+                notes.append(f"BPDA around the whole model {model.name} "
+                             f"(backward: {_describe(surrogate)}).")
+        elif _is_graph_model(model):
+            names = [layer.name for layer in sublayers(model)
+                     if getattr(layer, "non_differentiable", False) and layer is not model]
+            wrapped = keras.models.clone_model(model, clone_function=_wrap_if_declared,
+                                               recursive=True)
+            notes.append(f"BPDA around the non-differentiable layers {names} "
+                         "(backward: their surrogates, identity by default).")
+        else:
+            notes.append(
+                f"{model.name} contains non-differentiable layers but is a subclassed model, "
+                "which cannot be rebuilt around them: wrap them in BPDA yourself or declare "
+                "`non_differentiable` and a `surrogate` on the model; gradient attacks may "
+                "see useless gradients."
+            )
+    if randomized is None:
+        randomized = is_randomized(model)
+    if randomized and eot_samples > 1:
+        wrapped = EoT(wrapped, num_samples=eot_samples)
+        notes.append(f"EoT over {eot_samples} random draws per gradient (the model is randomized).")
+    elif randomized:
+        notes.append("The model is randomized but EoT is off (eot_samples=1).")
+    return wrapped, notes
+
+
+def _preserves_shape(model):
+    try:
+        return tuple(model.input_shape) == tuple(model.output_shape)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _describe(surrogate):
+    return "identity" if surrogate is None else getattr(surrogate, "name", type(surrogate).__name__)

@@ -69,6 +69,10 @@ class Attack:
         output: `"auto"`, `"logits"` or `"probabilities"`: what the model returns.
     """
 
+    # Whether the attack reads the model's gradients (the evaluation orders and audits
+    # gradient-based and gradient-free attacks differently).
+    uses_gradients = True
+
     def __init__(self, *, bounds=(0.0, 1.0), batch_size=256, num_restarts=1, loss="ce",
                  seed=None, verbose=False, jit_compile="auto", output="auto"):
         self.bounds = check_bounds(bounds)
@@ -115,7 +119,7 @@ class Attack:
             check_labels(t_np, len(t_np), "target", num_classes)
         self.output_kind_ = kind
         self._reset_seed()
-        run = self._graph(model, target is not None)
+        run = self._graph(model, target is not None, x_np.shape[1:])
         out = np.empty(x_np.shape, dtype=np.float32)
         starts = range(0, len(x_np), self.batch_size)
         bar = keras.utils.Progbar(len(x_np)) if self.verbose and len(starts) > 1 else None
@@ -148,8 +152,8 @@ class Attack:
             ops.convert_to_tensor([seed, 0], dtype=self._seed_generator.state.dtype)
         )
 
-    def _graph(self, model, targeted):
-        key = (id(model), targeted)
+    def _graph(self, model, targeted, feature_shape):
+        key = (id(model), targeted, tuple(feature_shape))
         cached = self._graphs.get(key)
         if cached is not None and cached[0]() is model:
             return cached[1]
@@ -162,8 +166,14 @@ class Attack:
             return (x_adv, objective(self.loss, logits, labels, target),
                     is_successful(logits, labels, target))
 
+        # A batch dimension of None: the last, partial batch and the shrinking batches of an
+        # evaluation cascade reuse one graph instead of retracing.
+        signature = [tf.TensorSpec((None, *feature_shape), tf.float32),
+                     tf.TensorSpec((None,), tf.int64)]
+        if targeted:
+            signature.append(tf.TensorSpec((None,), tf.int64))
         compiled = tf.function(run, jit_compile=resolve_jit_compile(self.jit_compile),
-                               reduce_retracing=True)
+                               input_signature=signature)
         try:
             ref = weakref.ref(model)
         except TypeError:

@@ -52,6 +52,19 @@ def dlr(logits, labels):
     return (other - true) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def dlr_gap_to_target(logits, labels, target):
+    """How far the target is from the true class, in DLR units: Croce & Hein's DLR-T negated.
+
+    `(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`; `objective()` negates it, so an attack
+    maximises DLR-T, the loss of APGD-T in Croce & Hein 2020 (the section on the DLR loss).
+    The denominator skips `z_pi2`, which the target may become. Needs at least four classes.
+    """
+    true = ops.sum(logits * _one_hot(labels, logits.shape[-1], logits.dtype), axis=-1)
+    wanted = ops.sum(logits * _one_hot(target, logits.shape[-1], logits.dtype), axis=-1)
+    top = ops.top_k(logits, 4, sorted=True)[0]
+    return (true - wanted) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 _FUNCTIONS = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 
@@ -62,15 +75,33 @@ def objective(loss, logits, labels, target=None):
         loss: `"ce"`, `"margin"` or `"dlr"`.
         logits: `(batch, num_classes)` logits (or log-probabilities).
         labels: true integer labels, used when `target` is None.
-        target: integer target labels, or None for an untargeted attack.
+        target: integer target labels, or None for an untargeted attack. With
+            `loss="dlr"` the targeted loss is DLR-T (it also uses `labels`).
 
     Returns:
         A `(batch,)` tensor; larger is more adversarial.
     """
     fn = _FUNCTIONS[check_choice("loss", loss, LOSSES)]
+    _check_num_classes(loss, logits, target)
     if target is None:
         return fn(logits, labels)
+    if loss == "dlr":
+        # DLR-T keeps the true label in its numerator: pushing z_t above z_y is the goal.
+        return -dlr_gap_to_target(logits, labels, target)
     return -fn(logits, target)
+
+
+def _check_num_classes(loss, logits, target):
+    """DLR ranks the top 3 (4 when targeted) logits; fewer classes would fail deep in a graph."""
+    if loss != "dlr":
+        return
+    needed, kind = (3, "untargeted") if target is None else (4, "targeted")
+    num_classes = logits.shape[-1]
+    if num_classes is not None and num_classes < needed:
+        raise ValueError(
+            f"Argument `loss`='dlr' needs a model with at least {needed} classes for a {kind} "
+            f"attack. Received: logits with {num_classes} classes"
+        )
 
 
 def is_successful(logits, labels, target=None):

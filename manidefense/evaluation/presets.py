@@ -1,0 +1,95 @@
+"""Attacks by name, for the CLI and `evaluate_robustness(attacks=["apgd-ce", ...])`.
+
+Each preset is a strong configuration for evaluation (more steps than the attack classes'
+training-friendly defaults). Names are lower-case; see `PRESETS`.
+"""
+
+from manidefense import attacks as _attacks
+from manidefense.attacks.wrappers import RunnerUpTargets
+
+
+def _get(name):
+    cls = getattr(_attacks, name, None)
+    if cls is None:
+        raise ValueError(f"The attack class {name} is not available in this version.")
+    return cls
+
+
+def _norm_ok(norm, allowed, preset):
+    if norm not in allowed:
+        raise ValueError(
+            f"Attack preset {preset!r} supports norms {allowed}. Received: norm={norm!r}"
+        )
+
+
+def make_attack(name, eps, norm, *, bounds=(0.0, 1.0), batch_size=256, seed=None):
+    """Builds the preset attack `name` for the threat model (`eps`, `norm`, `bounds`).
+
+    Args:
+        name: one of `PRESETS`.
+        eps, norm, bounds: the threat model.
+        batch_size: examples per compiled call.
+        seed: int or None.
+
+    Returns:
+        An attack following the attack contract.
+    """
+    key = str(name).lower()
+    if key not in PRESETS:
+        raise ValueError(f"Argument `attacks` must name presets from {sorted(PRESETS)}. "
+                         f"Received: {name!r}")
+    common = dict(bounds=bounds, batch_size=batch_size, seed=seed)
+    return PRESETS[key](eps, norm, common)
+
+
+def _apgd(loss):
+    def build(eps, norm, common):
+        _norm_ok(norm, ("linf", "l2"), f"apgd-{loss}")
+        return _get("APGD")(eps=eps, norm=norm, num_steps=100, loss=loss, **common)
+    return build
+
+
+def _apgd_t(eps, norm, common):
+    _norm_ok(norm, ("linf", "l2"), "apgd-t")
+    return RunnerUpTargets(_get("APGD")(eps=eps, norm=norm, num_steps=100, loss="dlr", **common),
+                           num_targets=3)
+
+
+def _square(eps, norm, common):
+    _norm_ok(norm, ("linf", "l2"), "square")
+    return _get("Square")(eps=eps, norm=norm, num_queries=1000, **common)
+
+
+PRESETS = {
+    "fgsm": lambda eps, norm, c: _attacks.FGSM(eps=eps, norm=norm, **c),
+    "pgd": lambda eps, norm, c: _attacks.PGD(eps=eps, norm=norm, num_steps=50, **c),
+    "pgd-margin": lambda eps, norm, c: _attacks.PGD(eps=eps, norm=norm, num_steps=50,
+                                                    loss="margin", **c),
+    "mifgsm": lambda eps, norm, c: _attacks.MIFGSM(eps=eps, norm=norm, num_steps=20, **c),
+    "apgd-ce": _apgd("ce"),
+    "apgd-dlr": _apgd("dlr"),
+    "apgd-t": _apgd_t,
+    "square": _square,
+    "spsa": lambda eps, norm, c: _get("SPSA")(eps=eps, norm=norm, num_steps=100, **c),
+    "cw-l2": lambda eps, norm, c: _get("CarliniWagnerL2")(eps=eps, num_steps=200, **c),
+    "cw-linf": lambda eps, norm, c: _get("CarliniWagnerLinf")(eps=eps, **c),
+    "ead": lambda eps, norm, c: _get("EAD")(eps=eps, num_steps=200, **c),
+    "noise": lambda eps, norm, c: _attacks.UniformNoise(eps=eps, norm=norm, num_samples=20, **c),
+}
+
+
+def default_attacks(norm, num_classes):
+    """The default cascade: AutoAttack's recipe where its parts exist for `norm`.
+
+    L∞/L2: APGD-CE, then APGD-T over three runner-up classes (APGD-DLR with three classes,
+    which DLR-T needs four for; PGD on the margin loss with two, which DLR needs three for),
+    then Square (gradient-free). L1: PGD with cross-entropy and with the margin loss.
+    """
+    if norm in ("linf", "l2") and hasattr(_attacks, "APGD"):
+        second = {2: "pgd-margin", 3: "apgd-dlr"}.get(num_classes, "apgd-t")
+        names = ["apgd-ce", second]
+    else:
+        names = ["pgd", "pgd-margin"]
+    if norm in ("linf", "l2") and hasattr(_attacks, "Square"):
+        names.append("square")
+    return names

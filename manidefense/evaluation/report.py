@@ -1,0 +1,189 @@
+"""`RobustnessReport`: what was attacked, how, what survived, and what to distrust."""
+
+import json
+
+import numpy as np
+
+from manidefense.evaluation.checks import SEVERITIES, Flag
+from manidefense.stats import clopper_pearson
+
+_NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+
+
+class RobustnessReport:
+    """The result of `evaluate_robustness`, serializable to a dict, JSON and Markdown.
+
+    Attributes:
+        threat_model: dict with `norm`, `eps`, `bounds`, `knowledge` (what the attacker knows),
+            `adaptive` (sentences saying which BPDA/EoT wrappers were applied), `randomized`,
+            `num_draws` (votes per re-classification).
+        clean_correct, robust: boolean arrays, one entry per evaluated example (robust means
+            correctly classified under every attack).
+        broken_by: int array, index into `attacks` of the attack that first broke the example,
+            -1 when none did (or the example was misclassified clean).
+        attacks: one dict per attack run, in cascade order: `name`, `kind`, `config`,
+            `run_on`, `broken`, `invalid`, `accuracy_after`, `seconds`.
+        flags: list of checklist `Flag`s.
+        diagnostics: measurements behind the flags (gradient health, security curve, ...).
+        alpha: error level of the Clopper–Pearson intervals (0.05: 95% intervals).
+        meta: versions, seed, model name, wall time.
+        adversarial_examples: the worst-case inputs (x where nothing broke the example), or
+            None; kept out of `to_dict` (save them with `numpy.save`).
+    """
+
+    def __init__(self, threat_model, clean_correct, robust, broken_by, attacks, flags=(),
+                 diagnostics=None, alpha=0.05, meta=None, adversarial_examples=None):
+        self.threat_model = dict(threat_model)
+        self.clean_correct = np.asarray(clean_correct, dtype=bool)
+        self.robust = np.asarray(robust, dtype=bool)
+        self.broken_by = np.asarray(broken_by, dtype=np.int64)
+        self.attacks = [dict(a) for a in attacks]
+        self.flags = [f if isinstance(f, Flag) else Flag(**f) for f in flags]
+        self.diagnostics = dict(diagnostics or {})
+        self.alpha = float(alpha)
+        self.meta = dict(meta or {})
+        self.adversarial_examples = adversarial_examples
+
+    # === Numbers ===
+
+    @property
+    def num_examples(self):
+        return int(self.clean_correct.size)
+
+    @property
+    def clean_accuracy(self):
+        return float(np.mean(self.clean_correct))
+
+    @property
+    def robust_accuracy(self):
+        """Worst case over all attacks, per example."""
+        return float(np.mean(self.robust))
+
+    def interval(self, correct):
+        """Clopper–Pearson `(low, high)` at level `1 - alpha` for a count of correct points."""
+        return clopper_pearson(int(correct), self.num_examples, self.alpha)
+
+    @property
+    def clean_interval(self):
+        return self.interval(self.clean_correct.sum())
+
+    @property
+    def robust_interval(self):
+        return self.interval(self.robust.sum())
+
+    @property
+    def trustworthy(self):
+        """False when any error-level flag was raised."""
+        return not any(f.severity == "error" for f in self.flags)
+
+    # === Serialization ===
+
+    def to_dict(self):
+        clean_low, clean_high = self.clean_interval
+        robust_low, robust_high = self.robust_interval
+        return {
+            "threat_model": self.threat_model,
+            "num_examples": self.num_examples,
+            "alpha": self.alpha,
+            "clean_accuracy": self.clean_accuracy,
+            "clean_interval": [clean_low, clean_high],
+            "robust_accuracy": self.robust_accuracy,
+            "robust_interval": [robust_low, robust_high],
+            "trustworthy": self.trustworthy,
+            "attacks": self.attacks,
+            "flags": [f.to_dict() for f in self.flags],
+            "diagnostics": self.diagnostics,
+            "meta": self.meta,
+            "per_example": {"clean_correct": self.clean_correct.tolist(),
+                            "robust": self.robust.tolist(),
+                            "broken_by": self.broken_by.tolist()},
+        }
+
+    @classmethod
+    def from_dict(cls, d):
+        per = d["per_example"]
+        return cls(d["threat_model"], per["clean_correct"], per["robust"], per["broken_by"],
+                   d["attacks"], d["flags"], d.get("diagnostics"), d.get("alpha", 0.05),
+                   d.get("meta"))
+
+    def to_json(self, path=None):
+        """Returns the report as JSON text, also writing it to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text):
+        text = path_or_text
+        if not str(path_or_text).lstrip().startswith("{"):
+            with open(path_or_text, encoding="utf-8") as f:
+                text = f.read()
+        return cls.from_dict(json.loads(text))
+
+    # === Presentation ===
+
+    def to_markdown(self):
+        tm = self.threat_model
+        level = f"{1 - self.alpha:.0%}"
+        lines = [
+            "## Robustness report",
+            "",
+            f"**Threat model**: {_NORM_NAMES.get(tm['norm'], tm['norm'])} ball, "
+            f"eps = {tm['eps']:g}, inputs in [{tm['bounds'][0]:g}, {tm['bounds'][1]:g}]; "
+            f"{tm.get('knowledge', 'white-box')}.",
+        ]
+        for note in tm.get("adaptive") or ["No adaptive wrapper was needed."]:
+            lines.append(f"- {note}")
+        lines += [
+            "",
+            f"| n = {self.num_examples} | accuracy | {level} interval |",
+            "|---|---|---|",
+            f"| clean | {self.clean_accuracy:.1%} | {_interval(self.clean_interval)} |",
+            f"| robust (worst case) | **{self.robust_accuracy:.1%}** | "
+            f"{_interval(self.robust_interval)} |",
+            "",
+            "| # | attack | kind | run on | broke | accuracy after | seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for i, a in enumerate(self.attacks):
+            invalid = f" ({a['invalid']} invalid)" if a.get("invalid") else ""
+            lines.append(f"| {i + 1} | {a['name']} | {a['kind']} | {a['run_on']} | "
+                         f"{a['broken']}{invalid} | {a['accuracy_after']:.1%} | "
+                         f"{a['seconds']:.1f} |")
+        lines += ["", "**Checklist flags**" + ("" if self.flags else ": none raised."), ""]
+        for f in sorted(self.flags, key=lambda f: (SEVERITIES.index(f.severity), f.code)):
+            lines.append(f"- **{f.code} ({f.severity})** {f.message} *What to do:* {f.advice}")
+        verdict = ("No error-level flag: the number is as trustworthy as the attacks run."
+                   if self.trustworthy else
+                   "**Untrustworthy**: error-level flags above; treat the robust accuracy as "
+                   "an upper bound at best.")
+        lines += ["", verdict]
+        if self.meta:
+            lines += ["", "<sub>" + ", ".join(f"{k}: {v}" for k, v in self.meta.items()
+                                              if not isinstance(v, dict)) + "</sub>"]
+        return "\n".join(lines) + "\n"
+
+    def _repr_markdown_(self):
+        return self.to_markdown()
+
+    def __repr__(self):
+        low, high = self.robust_interval
+        return (f"RobustnessReport(n={self.num_examples}, clean={self.clean_accuracy:.1%}, "
+                f"robust={self.robust_accuracy:.1%} [{low:.1%}, {high:.1%}], "
+                f"flags={[f.code for f in self.flags]})")
+
+
+def _interval(bounds):
+    return f"[{bounds[0]:.1%}, {bounds[1]:.1%}]"
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return repr(value)
