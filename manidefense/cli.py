@@ -1,4 +1,4 @@
-"""The `manidefense` command line: `manidefense demo` (more subcommands come with the defenses).
+"""The `manidefense` command line: `manidefense demo` and `manidefense evaluate`.
 
 The CLI is the only part of the package that prints; it calls the public API only.
 """
@@ -40,7 +40,51 @@ def _parser():
     demo.add_argument("--batch-size", type=int, default=128)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="manidefense-demo", help="output folder")
+    ev = sub.add_parser(
+        "evaluate", help="attack a saved .keras model with a cascade and print an honest report"
+    )
+    ev.add_argument("--model", required=True, help="path of a .keras model (loaded safely)")
+    ev.add_argument("--dataset", default="fashion_mnist")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--norm", default="linf", help="linf, l2 or l1")
+    ev.add_argument("--eps", type=float, required=True)
+    ev.add_argument("--attacks", default=None,
+                    help="comma-separated presets, e.g. apgd-ce,apgd-t,square (default: "
+                         "the AutoAttack-style cascade for the norm)")
+    ev.add_argument("--n", type=int, default=1000, help="number of test examples")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--checks", default="fast", help="none, fast or full")
+    ev.add_argument("--eot-samples", type=int, default=20)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="report.json", help="JSON report path")
+    ev.add_argument("--markdown", default=None, help="also write the Markdown report here")
+    ev.add_argument("--state", default=None, help=".npz state file to resume from")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def run_evaluate(args):
+    """`manidefense evaluate`: returns the `RobustnessReport`."""
+    import keras
+
+    import manidefense as md
+
+    if not os.path.exists(args.model):
+        raise ValueError(f"Argument `--model` must be an existing .keras file. "
+                         f"Received: {args.model!r}")
+    model = keras.saving.load_model(args.model, safe_mode=True)
+    x, y = md.datasets.load(args.dataset, args.split, limit=args.n)
+    attacks = None if not args.attacks else [a.strip() for a in args.attacks.split(",")]
+    report = md.evaluation.evaluate_robustness(
+        model, x, y, attacks, eps=args.eps, norm=args.norm, checks=args.checks,
+        eot_samples=args.eot_samples, batch_size=args.batch_size, seed=args.seed,
+        state_path=args.state, verbose=not args.quiet,
+    )
+    report.meta["dataset"] = f"{args.dataset}/{args.split}[:{len(x)}]"
+    report.to_json(args.out)
+    if args.markdown:
+        Path(args.markdown).write_text(report.to_markdown())
+    return report
 
 
 def run_demo(dataset="fashion_mnist", train_size=12000, epochs=3, test_size=1000,
@@ -140,6 +184,16 @@ def main(argv=None):
               f"accuracy on {results['test_size']} test images:")
         print(format_table(results))
         print(f"\nWrote {results['files']['png']} and {results['files']['json']}")
+    elif args.command == "evaluate":
+        from manidefense.datasets import DatasetNotFoundError
+
+        try:
+            report = run_evaluate(args)
+        except (DatasetNotFoundError, ValueError) as err:
+            print(f"manidefense evaluate: {err}", file=sys.stderr)
+            return 2
+        print(report.to_markdown())
+        print(f"Wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
 
 

@@ -38,3 +38,33 @@ def test_console_script_version():
     result = subprocess.run([sys.executable, "-m", "manidefense.cli", "--version"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and manidefense.__version__ in result.stdout
+
+
+def test_evaluate_loads_a_saved_model_and_writes_a_report(tmp_path, capsys):
+    import keras
+
+    import manidefense as md
+
+    keras.utils.set_random_seed(0)
+    x, y = md.datasets.load("synthetic", "train", limit=600)
+    model = md.zoo.small_cnn(width=8)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    out, markdown = tmp_path / "report.json", tmp_path / "report.md"
+    code = cli.main(["evaluate", "--model", str(path), "--dataset", "synthetic", "--eps", "0.05",
+                     "--attacks", "fgsm,pgd", "--n", "40", "--out", str(out),
+                     "--markdown", str(markdown), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = md.evaluation.RobustnessReport.from_json(str(out))
+    assert report.num_examples == 40 and report.robust_accuracy <= report.clean_accuracy
+    assert [a["name"] for a in report.attacks][:2] == ["fgsm", "pgd"]
+    assert "robust (worst case)" in printed and markdown.read_text() in printed
+    assert report.meta["dataset"] == "synthetic/test[:40]"
+
+
+def test_evaluate_reports_bad_arguments(tmp_path, capsys):
+    code = cli.main(["evaluate", "--model", str(tmp_path / "missing.keras"), "--eps", "0.1"])
+    assert code == 2 and "`--model`" in capsys.readouterr().err

@@ -270,3 +270,16 @@ def test_presets_build_the_threat_model():
     assert isinstance(attack, PGD) and attack.eps == 0.1 and attack.norm == "l2"
     assert attack.seed == 3
     assert md.evaluation.default_attacks("l1", 10) == ["pgd", "pgd-margin"]
+
+
+def test_plots_draw_the_report(pgd_report):
+    ax = md.visualization.plot_attack_bars(pgd_report)
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 1 + len(pgd_report.attacks)
+    assert heights[0] == pytest.approx(100 * pgd_report.clean_accuracy)
+    assert heights[-1] == pytest.approx(100 * pgd_report.robust_accuracy)
+    ax = md.visualization.plot_security_curve({"PGD": ([0.0, 0.1], [0.9, 0.2]),
+                                               "FGSM": ([0.0, 0.1], [0.9, 0.4])})
+    assert len(ax.lines) == 2 and list(ax.lines[1].get_ydata()) == [90.0, 40.0]
+    with pytest.raises(ValueError, match="checks='full'"):
+        md.visualization.plot_security_curve(pgd_report)

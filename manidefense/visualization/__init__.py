@@ -1,5 +1,6 @@
 """Plots of arrays and reports; never runs a model or an attack. Needs `manidefense[plot]`."""
 
 from manidefense.visualization.images import plot_adversarial_grid
+from manidefense.visualization.robustness import plot_attack_bars, plot_security_curve
 
-__all__ = ["plot_adversarial_grid"]
+__all__ = ["plot_adversarial_grid", "plot_attack_bars", "plot_security_curve"]
