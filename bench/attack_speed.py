@@ -380,10 +380,10 @@ never absolute times across runs or sections.
 """
 
 
-def write_section(path, text):
-    """Replaces the `## attack_speed` section of `path` (or appends it), keeping the others."""
+def write_section(path, text, section=SECTION):
+    """Replaces the `## section` part of `path` (or appends it), keeping the others."""
     old = path.read_text() if path.exists() else HEADER
-    pattern = re.compile(rf"^## {re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)",
+    pattern = re.compile(rf"^## {re.escape(section)}[ \t]*\n.*?(?=^## |\Z)",
                          re.MULTILINE | re.DOTALL)
     if pattern.search(old):
         new = pattern.sub(lambda _: text + "\n", old, count=1)

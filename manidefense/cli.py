@@ -89,7 +89,8 @@ def run_evaluate(args):
 
 def run_demo(dataset="fashion_mnist", train_size=12000, epochs=3, test_size=1000,
              batch_size=128, seed=0, out="manidefense-demo", verbose=True):
-    """Trains `zoo.small_cnn`, attacks it, writes a PNG grid and a JSON of the results.
+    """Trains `zoo.small_cnn`, attacks it, writes a PNG grid, a JSON of the results and the
+    trained model (`model.keras`, ready for `manidefense evaluate --model`).
 
     Returns:
         A dict with the clean and adversarial accuracies, timings and written file paths.
@@ -139,6 +140,8 @@ def run_demo(dataset="fashion_mnist", train_size=12000, epochs=3, test_size=1000
     out.mkdir(parents=True, exist_ok=True)
     results["files"] = _write_outputs(out, x_test, y_test, adversarials, predictions,
                                       md.datasets.class_names(dataset), results)
+    model.save(out / "model.keras")
+    results["files"]["model"] = str(out / "model.keras")
     return results
 
 
@@ -183,7 +186,8 @@ def main(argv=None):
               f"for {results['epochs']} epochs in {results['train_seconds']:.0f} s; "
               f"accuracy on {results['test_size']} test images:")
         print(format_table(results))
-        print(f"\nWrote {results['files']['png']} and {results['files']['json']}")
+        print(f"\nWrote {results['files']['png']}, {results['files']['json']} and "
+              f"{results['files']['model']}")
     elif args.command == "evaluate":
         from manidefense.datasets import DatasetNotFoundError
 

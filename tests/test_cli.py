@@ -17,6 +17,7 @@ def test_demo_runs_and_writes_its_outputs(tmp_path, capsys):
     for name in ("clean", "FGSM", "PGD-Linf", "PGD-L2", "PGD-L1"):
         assert name in out
     assert (tmp_path / "adversarial_examples.png").stat().st_size > 10_000
+    assert (tmp_path / "model.keras").exists()
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {row["attack"]: row for row in results["rows"]}
     assert rows["clean"]["accuracy"] > 0.5

@@ -283,3 +283,23 @@ def test_plots_draw_the_report(pgd_report):
     assert len(ax.lines) == 2 and list(ax.lines[1].get_ydata()) == [90.0, 40.0]
     with pytest.raises(ValueError, match="checks='full'"):
         md.visualization.plot_security_curve(pgd_report)
+
+
+def test_default_cascade_is_autoattack_like(trained_model, data):
+    _, _, x, y = data
+    r = evaluate_robustness(trained_model, x[:32], y[:32], eps=0.1, checks="none")
+    assert [a["name"] for a in r.attacks] == ["apgd-ce", "apgd-t", "square"]
+    assert [a["kind"] for a in r.attacks] == ["gradient", "gradient", "gradient-free"]
+    assert r.robust_accuracy <= 0.1  # the fixture model is not robust at eps = 0.1
+
+
+def test_minimum_distance_attacks_join_a_fixed_budget_cascade(trained_model, data):
+    _, _, x, y = data
+    r = evaluate_robustness(trained_model, x[:16], y[:16], ["cw-l2"], eps=0.5, norm="l2",
+                            checks="fast")
+    assert r.attacks[0]["kind"] == "gradient" and r.attacks[0]["invalid"] == 0
+    broken = r.broken_by == 0
+    assert broken.any() and not r.robust[broken].any()
+    assert np.all(lp(r.adversarial_examples - x[:16], "l2") <= 0.5 + 1e-5)
+    with pytest.raises(ValueError, match="supports norms"):
+        evaluate_robustness(trained_model, x[:4], y[:4], ["cw-l2"], eps=0.1, norm="linf")

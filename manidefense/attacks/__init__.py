@@ -4,11 +4,16 @@ from manidefense.attacks import norms, objectives
 from manidefense.attacks.adaptive import BPDA, EoT, adaptive_model
 from manidefense.attacks.apgd import APGD
 from manidefense.attacks.base import Attack
+from manidefense.attacks.carlini_wagner import CarliniWagnerL2, CarliniWagnerLinf
+from manidefense.attacks.ead import EAD
 from manidefense.attacks.fgsm import FGSM
 from manidefense.attacks.mifgsm import MIFGSM
 from manidefense.attacks.noise import UniformNoise
 from manidefense.attacks.pgd import PGD, projected_gradient_descent
+from manidefense.attacks.spsa import SPSA
+from manidefense.attacks.square import Square
 from manidefense.attacks.wrappers import RunnerUpTargets, Transfer
 
-__all__ = ["APGD", "Attack", "BPDA", "EoT", "FGSM", "MIFGSM", "PGD", "RunnerUpTargets", "Transfer",
-           "UniformNoise", "adaptive_model", "norms", "objectives", "projected_gradient_descent"]
+__all__ = ["APGD", "Attack", "BPDA", "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "EoT", "FGSM",
+           "MIFGSM", "PGD", "RunnerUpTargets", "SPSA", "Square", "Transfer", "UniformNoise",
+           "adaptive_model", "norms", "objectives", "projected_gradient_descent"]

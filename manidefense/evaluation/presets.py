@@ -60,6 +60,13 @@ def _square(eps, norm, common):
     return _get("Square")(eps=eps, norm=norm, num_queries=1000, **common)
 
 
+def _minimum_distance(class_name, threat_norm, eps, norm, common):
+    # Minimum-distance attacks return x for points they cannot break within eps.
+    _norm_ok(norm, (threat_norm,), class_name)
+    steps = {} if class_name == "CarliniWagnerLinf" else {"num_steps": 200}
+    return _get(class_name)(eps=eps, **steps, **common)
+
+
 PRESETS = {
     "fgsm": lambda eps, norm, c: _attacks.FGSM(eps=eps, norm=norm, **c),
     "pgd": lambda eps, norm, c: _attacks.PGD(eps=eps, norm=norm, num_steps=50, **c),
@@ -71,9 +78,9 @@ PRESETS = {
     "apgd-t": _apgd_t,
     "square": _square,
     "spsa": lambda eps, norm, c: _get("SPSA")(eps=eps, norm=norm, num_steps=100, **c),
-    "cw-l2": lambda eps, norm, c: _get("CarliniWagnerL2")(eps=eps, num_steps=200, **c),
-    "cw-linf": lambda eps, norm, c: _get("CarliniWagnerLinf")(eps=eps, **c),
-    "ead": lambda eps, norm, c: _get("EAD")(eps=eps, num_steps=200, **c),
+    "cw-l2": lambda eps, norm, c: _minimum_distance("CarliniWagnerL2", "l2", eps, norm, c),
+    "cw-linf": lambda eps, norm, c: _minimum_distance("CarliniWagnerLinf", "linf", eps, norm, c),
+    "ead": lambda eps, norm, c: _minimum_distance("EAD", "l1", eps, norm, c),
     "noise": lambda eps, norm, c: _attacks.UniformNoise(eps=eps, norm=norm, num_samples=20, **c),
 }
 

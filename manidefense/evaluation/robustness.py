@@ -132,7 +132,8 @@ def _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed, num_classes):
         if not callable(attack):
             raise ValueError(f"Argument `attacks` must hold attacks or preset names. "
                              f"Received: {attack!r}")
-        a_eps, a_norm = getattr(attack, "eps", None), getattr(attack, "norm", None)
+        a_eps = getattr(attack, "eps", None)
+        a_norm = getattr(attack, "norm", None) or getattr(attack, "threat_norm", None)
         if a_norm is not None and a_norm != norm or a_eps is not None and a_eps > eps * 1.000001:
             raise ValueError(
                 f"Every attack must respect the threat model (norm={norm!r}, eps={eps:g}). "
