@@ -60,7 +60,8 @@ def linear():
 
 # The linear-model runs: library defaults except for shorter optimisation.
 LINEAR = {
-    "l2": lambda **kw: CarliniWagnerL2(num_steps=200, bounds=BOX, **kw),
+    # 12 binary-search steps instead of 9: the search over c, not Adam, limits the precision.
+    "l2": lambda **kw: CarliniWagnerL2(num_steps=200, binary_search_steps=12, bounds=BOX, **kw),
     "linf": lambda **kw: CarliniWagnerLinf(num_steps=50, bounds=BOX, **kw),
     "l1": lambda **kw: EAD(num_steps=200, decision_rule="l1", bounds=BOX, **kw),
     "en": lambda **kw: EAD(num_steps=200, bounds=BOX, **kw),
@@ -74,7 +75,7 @@ def linear_results(linear):
 
 
 # (result key, norm, largest allowed ratio to the optimum, largest allowed median ratio)
-LINEAR_CASES = [("l2", "l2", 1.02, 1.002), ("linf", "linf", 1.10, 1.06),
+LINEAR_CASES = [("l2", "l2", 1.01, 1.002), ("linf", "linf", 1.10, 1.06),
                 ("l1", "l1", 1.10, 1.05), ("en", "l1", 1.6, 1.4)]
 
 
@@ -87,8 +88,9 @@ def test_linear_model_distance_matches_the_closed_form_optimum(linear, linear_re
     ratio = lp(x_adv - x, norm) / optimum[norm]
     # Really adversarial, so never closer than the optimum (float32 slack only) ...
     assert ratio.min() >= 1.0 - 1e-4
-    # ... and close to it: measured worst 1.012 (L2), 1.065 (L∞), 1.046 (EAD-L1 rule), 1.41
-    # (EAD-EN rule, which trades L1 for L2 by design); medians 1.0006, 1.037, 1.024, 1.27.
+    # ... and close to it: within 1% for CW-L2 (the bar; with the default 9 search
+    # steps the worst point is 1.2% off), measured worst 1.065 (L∞), 1.046 (EAD-L1 rule),
+    # 1.41 (EAD-EN rule, which trades L1 for L2 by design); medians 1.0006, 1.037, 1.024, 1.27.
     assert ratio.max() <= worst and np.median(ratio) <= median
 
 

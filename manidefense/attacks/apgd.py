@@ -14,6 +14,7 @@ from keras import ops
 
 from manidefense.attacks import norms
 from manidefense.attacks.base import Attack, better, select
+from manidefense.attacks.compaction import compacting_while_loop
 from manidefense.attacks.gradients import value_and_grad
 from manidefense.attacks.objectives import is_successful, objective
 from manidefense.validation import (
@@ -77,9 +78,11 @@ def apgd_loop(logits_fn, x, labels, target=None, *, eps, norm, num_steps, rho=0.
     """Algorithm 1 of Croce & Hein on a float32 batch, graph-safe.
 
     One forward and backward pass per iteration: the gradient of each new iterate drives the
-    next step, and the gradient of the best point is stored for restarts. With `stop_early`
-    the loop ends once every example of the batch is successful; while any is not, the
-    iterates are exactly those of the full run.
+    next step, and the gradient of the best point is stored for restarts. With `stop_early`,
+    examples leave the batch once they are successful (`compaction.compacting_while_loop`),
+    so the work shrinks as the attack wins; an example that is never successful goes through
+    the iterates of the full run (up to float rounding: kernels may round differently for a
+    smaller batch), and one that leaves keeps its best iterate so far.
 
     Returns:
         `(x_adv, loss, success, step_size)`: the most damaging iterate per example (success
@@ -88,29 +91,31 @@ def apgd_loop(logits_fn, x, labels, target=None, *, eps, norm, num_steps, rho=0.
     x = ops.cast(x, "float32")
     column = (-1,) + (1,) * (len(x.shape) - 1)
     periods = ops.convert_to_tensor(_periods(num_steps))
+    targeted = target is not None
 
-    def evaluate(z):
+    def evaluate(z, labels, target):
         logits = logits_fn(z)
         return objective(loss, logits, labels, target), logits
 
-    def project(z):
+    def project(z, x):
         # P_S: onto the eps-ball around x, then into the box, as the reference code does.
         return norms.clip_to_bounds(x + norms.project(z - x, eps, norm), bounds)
 
     x0 = norms.clip_to_bounds(x + norms.random_start(ops.shape(x), eps, norm, seed=seed), bounds)
-    f0, logits0, g0 = value_and_grad(evaluate, x0)
+    f0, logits0, g0 = value_and_grad(lambda z: evaluate(z, labels, target), x0)
     s0 = is_successful(logits0, labels, target)
     eta = ops.ones_like(f0) * (2.0 * eps)  # eta^(0) = 2 eps
-    never = ops.zeros_like(s0)
 
-    def body(t, x_cur, x_prev, f_cur, g_cur, eta, x_max, f_max, g_max, ups, f_last, halved_last,
-             x_best, l_best, s_best):
+    def step(t, state):
+        (x, labels, target, x_cur, x_prev, f_cur, g_cur, eta, x_max, f_max, g_max, ups, f_last,
+         halved_last, x_best, l_best, s_best) = state
+        target = target if targeted else None
         # The first step has no previous iterate: x^(1) = P(x^(0) + eta s(grad)), i.e. a = 1.
         a = ops.where(t == 1, 1.0, alpha)
         z = project(x_cur + norms.ascent_step(g_cur, x_cur, ops.reshape(eta, column), norm,
-                                               bounds))
-        x_new = project(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev))
-        f_new, logits, g_new = value_and_grad(evaluate, x_new)
+                                               bounds), x)
+        x_new = project(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev), x)
+        f_new, logits, g_new = value_and_grad(lambda v: evaluate(v, labels, target), x_new)
         success = is_successful(logits, labels, target)
         take = better(f_new, success, l_best, s_best)
         x_best, l_best = select(take, x_new, x_best), ops.where(take, f_new, l_best)
@@ -130,19 +135,18 @@ def apgd_loop(logits_fn, x, labels, target=None, *, eps, norm, num_steps, rho=0.
         ups = ops.where(at_check, 0, ups)
         f_last = ops.where(at_check, f_max, f_last)
         halved_last = ops.where(at_check, halve, halved_last)
-        return (t + 1, x_next, x_cur, f_next, g_next, eta, x_max, f_max, g_max, ups, f_last,
-                halved_last, x_best, l_best, s_best)
+        return (x, labels, target if targeted else labels, x_next, x_cur, f_next, g_next, eta,
+                x_max, f_max, g_max, ups, f_last, halved_last, x_best, l_best, s_best)
 
-    def cond(t, *state):
-        running = t <= num_steps
-        if stop_early:
-            running = ops.logical_and(running, ops.logical_not(ops.all(state[-1])))
-        return running
-
-    state = (ops.convert_to_tensor(1, "int32"), x0, x0, f0, g0, eta, x0, f0, g0,
-             ops.zeros(ops.shape(f0), "int32"), f0, never, x0, f0, s0)
-    state = ops.while_loop(cond, body, state)
-    return state[12], state[13], state[14], state[5]
+    # Constant per-example inputs ride along in the state so that they shrink with it; an
+    # untargeted run carries `labels` in the target slot (ignored).
+    state = (x, labels, target if targeted else labels, x0, x0, f0, g0, eta, x0, f0, g0,
+             ops.zeros(ops.shape(f0), "int32"), f0, ops.zeros_like(s0), x0, f0, s0)
+    if stop_early:
+        state = compacting_while_loop(step, state, lambda s: s[-1], num_steps=num_steps)
+    else:
+        state = ops.fori_loop(1, num_steps + 1, step, state)
+    return state[14], state[15], state[16], state[7]
 
 
 def _check_at_most_one(name, value, allow_zero):
@@ -175,8 +179,9 @@ class APGD(Attack):
     iterate is returned.
 
     `loss="dlr"` gives APGD-DLR; a `target` at call time gives APGD-T (with `loss="dlr"` the
-    targeted DLR-T loss, which needs four or more classes). A batch stops early once every
-    example in it is successful; otherwise every iteration runs.
+    targeted DLR-T loss, which needs four or more classes). Examples leave the batch once
+    they are successful, so the attack costs less the more it wins; an example it never
+    breaks runs every iteration, as in a full run.
 
     Args:
         eps: perturbation budget in `norm`, in the units of `bounds`.
