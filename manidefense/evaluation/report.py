@@ -153,7 +153,7 @@ class RobustnessReport:
                          f"{a['broken']}{invalid} | {a['accuracy_after']:.1%} | "
                          f"{a['seconds']:.1f} |")
         lines += ["", "**Checklist flags**" + ("" if self.flags else ": none raised."), ""]
-        for f in sorted(self.flags, key=lambda f: (SEVERITIES.index(f.severity), f.code)):
+        for f in sorted(self.flags, key=lambda f: (SEVERITIES.index(f.severity), int(f.code[1:]))):
             lines.append(f"- **{f.code} ({f.severity})** {f.message} *What to do:* {f.advice}")
         verdict = ("No error-level flag: the number is as trustworthy as the attacks run."
                    if self.trustworthy else
