@@ -43,7 +43,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 import manidefense as md  # noqa: E402
+from manidefense._markdown import update_section  # noqa: E402
 from manidefense.attacks import norms  # noqa: E402
 from manidefense.attacks.gradients import logits_function  # noqa: E402
 from manidefense.attacks.objectives import objective  # noqa: E402
@@ -382,14 +382,7 @@ never absolute times across runs or sections.
 
 def write_section(path, text, section=SECTION):
     """Replaces the `## section` part of `path` (or appends it), keeping the others."""
-    old = path.read_text() if path.exists() else HEADER
-    pattern = re.compile(rf"^## {re.escape(section)}[ \t]*\n.*?(?=^## |\Z)",
-                         re.MULTILINE | re.DOTALL)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
+    update_section(path, section, text, HEADER)
 
 
 def parse_args(argv=None):

@@ -4,6 +4,7 @@ The CLI is the only part of the package that prints; it calls the public API onl
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -59,6 +60,11 @@ def _parser():
     ev.add_argument("--out", default="report.json", help="JSON report path")
     ev.add_argument("--markdown", default=None, help="also write the Markdown report here")
     ev.add_argument("--state", default=None, help=".npz state file to resume from")
+    ev.add_argument("--chunk-size", type=int, default=1000,
+                    help="examples per chunk; the --state file is saved after every chunk")
+    ev.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="import this module first, so the custom layers it registers with "
+                         "keras.saving.register_keras_serializable load (repeatable)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -72,13 +78,19 @@ def run_evaluate(args):
     if not os.path.exists(args.model):
         raise ValueError(f"Argument `--model` must be an existing .keras file. "
                          f"Received: {args.model!r}")
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"Argument `--import` must name an importable module. "
+                             f"Received: {module!r} ({err})") from err
     model = keras.saving.load_model(args.model, safe_mode=True)
     x, y = md.datasets.load(args.dataset, args.split, limit=args.n)
     attacks = None if not args.attacks else [a.strip() for a in args.attacks.split(",")]
     report = md.evaluation.evaluate_robustness(
         model, x, y, attacks, eps=args.eps, norm=args.norm, checks=args.checks,
         eot_samples=args.eot_samples, batch_size=args.batch_size, seed=args.seed,
-        state_path=args.state, verbose=not args.quiet,
+        state_path=args.state, chunk_size=args.chunk_size, verbose=not args.quiet,
     )
     report.meta["dataset"] = f"{args.dataset}/{args.split}[:{len(x)}]"
     report.to_json(args.out)

@@ -21,7 +21,6 @@ Usage:
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from keras import ops  # noqa: E402
 
 import manidefense as md  # noqa: E402
 import manidefense.cli  # noqa: E402, F401 - run_demo trains the demo model
+from manidefense._markdown import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,14 +52,6 @@ def demo_model(out):
     if not (out / "model.keras").exists():
         md.cli.run_demo(out=out, verbose=False)
     return keras.saving.load_model(out / "model.keras")
-
-
-def write_section(path, text, section="evaluation_reports"):
-    old = path.read_text() if path.exists() else "# Results of the recipes in models/\n"
-    pattern = re.compile(rf"^## {section}[ \t]*\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    new = (pattern.sub(lambda _: text + "\n", old, count=1) if pattern.search(old)
-           else old.rstrip("\n") + "\n\n" + text)
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 def main(argv=None):
@@ -91,7 +83,8 @@ def main(argv=None):
         body = report.to_markdown().replace("## Robustness report", f"### {title}")
         parts += [body, ""]
     text = "\n".join(parts)
-    write_section(ROOT / "models" / "RESULTS.md", text)
+    update_section(ROOT / "models" / "RESULTS.md", "evaluation_reports", text,
+                   "# Results of the recipes in models/\n")
     print(text)
 
 

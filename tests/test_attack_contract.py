@@ -205,35 +205,6 @@ def test_nan_gradients_never_leak(data):
     assert np.all(np.isfinite(x_adv))
 
 
-INVALID_INIT = [
-    ({"eps": -0.1}, "eps"),
-    ({"eps": float("nan")}, "eps"),
-    ({"norm": "l3"}, "norm"),
-    ({"step_size": 0.0}, "step_size"),
-    ({"step_size": -1.0}, "step_size"),
-    ({"num_steps": 0}, "num_steps"),
-    ({"bounds": (1.0, 0.0)}, "bounds"),
-    ({"bounds": "0-1"}, "bounds"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"num_restarts": 0}, "num_restarts"),
-    ({"loss": "hinge"}, "loss"),
-    ({"seed": 1.5}, "seed"),
-    ({"l1_sparsity": 1.0}, "l1_sparsity"),
-    ({"jit_compile": "yes"}, "jit_compile"),
-]
-
-
-@pytest.mark.parametrize("kwargs,argument", INVALID_INIT, ids=[a for _, a in INVALID_INIT])
-def test_invalid_arguments_raise(kwargs, argument):
-    with pytest.raises(ValueError, match=f"`{argument}`"):
-        PGD(**kwargs)
-
-
-def test_invalid_mifgsm_decay_raises():
-    with pytest.raises(ValueError, match="`decay`.*-1"):
-        MIFGSM(decay=-1.0)
-
-
 def _invalid_calls(x, y):
     bad_nan = x.copy()
     bad_nan[0, 0, 0, 0] = np.nan

@@ -69,3 +69,50 @@ def test_evaluate_loads_a_saved_model_and_writes_a_report(tmp_path, capsys):
 def test_evaluate_reports_bad_arguments(tmp_path, capsys):
     code = cli.main(["evaluate", "--model", str(tmp_path / "missing.keras"), "--eps", "0.1"])
     assert code == 2 and "`--model`" in capsys.readouterr().err
+
+
+PLUGIN = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="mdtestplugin")
+class Doubler(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+'''
+
+
+def test_evaluate_imports_custom_layers_and_saves_state_per_chunk(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import keras
+
+    import manidefense as md
+
+    (tmp_path / "mdtestplugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = importlib.import_module("mdtestplugin")
+    model = keras.Sequential([keras.Input((28, 28, 1)), plugin.Doubler(), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    # Forget the registration, as a fresh process would not have it.
+    keras.saving.get_custom_objects().pop("mdtestplugin>Doubler")
+    sys.modules.pop("mdtestplugin")
+    state, out = tmp_path / "state.npz", tmp_path / "report.json"
+    args = ["evaluate", "--model", str(path), "--dataset", "synthetic", "--eps", "0.05",
+            "--attacks", "fgsm", "--n", "12", "--chunk-size", "5", "--state", str(state),
+            "--out", str(out), "--quiet"]
+    assert cli.main(args + ["--import", "mdtestplugin"]) == 0
+    assert "mdtestplugin>Doubler" in keras.saving.get_custom_objects()
+    report = md.evaluation.RobustnessReport.from_json(str(out))
+    assert report.num_examples == 12 and state.exists()
+    with md.evaluation.robustness.np.load(state) as saved:
+        assert int(saved["done"]) == 12
+    # The chunk size is part of the state's identity: resuming with another one is refused.
+    capsys.readouterr()
+    resumed = [a if a != "5" else "6" for a in args]
+    assert cli.main(resumed + ["--import", "mdtestplugin"]) == 2
+    assert "`state_path`" in capsys.readouterr().err
+    assert cli.main(args + ["--import", "no_such_module_xyz"]) == 2
+    assert "`--import`" in capsys.readouterr().err

@@ -128,8 +128,25 @@ def binary_search(run_round, x, initial_const, steps):
     return ops.fori_loop(0, steps, search_step, state)[3:]
 
 
+class MinimumDistanceAttack(Attack):
+    """Base of the attacks that search per example for the closest adversarial point with a
+    binary search over the loss constant `c` (`CarliniWagnerL2`, `EAD`): it holds and checks
+    their shared arguments, documented on those classes."""
+
+    def __init__(self, confidence=0.0, learning_rate=0.01, num_steps=1000, binary_search_steps=9,
+                 initial_const=1e-3, abort_early=True, eps=None, **kwargs):
+        super().__init__(**kwargs)
+        self.confidence = check_non_negative("confidence", confidence)
+        self.learning_rate = check_positive("learning_rate", learning_rate)
+        self.num_steps = check_positive_int("num_steps", num_steps)
+        self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
+        self.initial_const = check_positive("initial_const", initial_const)
+        self.abort_early = check_bool("abort_early", abort_early)
+        self.eps = check_eps(eps)
+
+
 @keras.saving.register_keras_serializable(package="manidefense")
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimumDistanceAttack):
     """Carlini–Wagner L2 attack: the smallest L2 perturbation that changes the prediction.
 
     In tanh space `x' = low + (high − low)(tanh(w) + 1)/2` (always inside `bounds`), Adam
@@ -161,17 +178,6 @@ class CarliniWagnerL2(Attack):
     # The norm its distances and optional `eps` are measured in. Not `norm`: that would make
     # the base class project the result onto the ball, where this attack returns `x` instead.
     threat_norm = "l2"
-
-    def __init__(self, confidence=0.0, learning_rate=0.01, num_steps=1000, binary_search_steps=9,
-                 initial_const=1e-3, abort_early=True, eps=None, **kwargs):
-        super().__init__(**kwargs)
-        self.confidence = check_non_negative("confidence", confidence)
-        self.learning_rate = check_positive("learning_rate", learning_rate)
-        self.num_steps = check_positive_int("num_steps", num_steps)
-        self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
-        self.initial_const = check_positive("initial_const", initial_const)
-        self.abort_early = check_bool("abort_early", abort_early)
-        self.eps = check_eps(eps)
 
     def _attack_batch(self, logits_fn, x, labels, target):
         x = ops.cast(x, "float32")

@@ -10,23 +10,16 @@ import keras
 from keras import ops
 
 from manidefense.attacks import norms
-from manidefense.attacks.base import Attack
 from manidefense.attacks.carlini_wagner import (
+    MinimumDistanceAttack,
     binary_search,
-    check_bool,
-    check_eps,
     finish,
     keep_closest,
     margin_loss,
     per_example_sum,
 )
 from manidefense.attacks.gradients import value_and_grad
-from manidefense.validation import (
-    check_choice,
-    check_non_negative,
-    check_positive,
-    check_positive_int,
-)
+from manidefense.validation import check_choice, check_non_negative
 
 DECISION_RULES = ("en", "l1")
 
@@ -43,7 +36,7 @@ def shrink_threshold(z, x, beta, bounds):
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
-class EAD(Attack):
+class EAD(MinimumDistanceAttack):
     """Elastic-net attack: minimises `c · f(x') + ||x' − x||₂² + β ||x' − x||₁` in the box.
 
     The non-smooth L1 term is handled by ISTA: a gradient step on the smooth part
@@ -82,16 +75,10 @@ class EAD(Attack):
     def __init__(self, beta=1e-2, confidence=0.0, learning_rate=1e-2, num_steps=1000,
                  binary_search_steps=9, initial_const=1e-3, decision_rule="en",
                  abort_early=True, eps=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(confidence, learning_rate, num_steps, binary_search_steps,
+                         initial_const, abort_early, eps, **kwargs)
         self.beta = check_non_negative("beta", beta)
-        self.confidence = check_non_negative("confidence", confidence)
-        self.learning_rate = check_positive("learning_rate", learning_rate)
-        self.num_steps = check_positive_int("num_steps", num_steps)
-        self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
-        self.initial_const = check_positive("initial_const", initial_const)
         self.decision_rule = check_choice("decision_rule", decision_rule, DECISION_RULES)
-        self.abort_early = check_bool("abort_early", abort_early)
-        self.eps = check_eps(eps)
 
     def _attack_batch(self, logits_fn, x, labels, target):
         x = ops.cast(x, "float32")
