@@ -7,11 +7,13 @@ from manidefense import (  # noqa: E402
     attacks,
     datasets,
     evaluation,
+    layers,
+    manifold,
     stats,
     validation,
     visualization,
     zoo,
 )
 
-__all__ = ["attacks", "datasets", "evaluation", "stats", "validation", "visualization", "zoo",
-           "__version__"]
+__all__ = ["attacks", "datasets", "evaluation", "layers", "manifold", "stats", "validation",
+           "visualization", "zoo", "__version__"]

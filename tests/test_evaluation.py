@@ -64,6 +64,16 @@ def test_worst_case_is_the_union_of_attacks(trained_model, data):
     np.testing.assert_array_equal(r.robust, expected)
 
 
+def test_attacks_can_be_named(trained_model, data):
+    _, _, x, y = data
+    named = {"weak fgsm": FGSM(eps=0.02), "margin fgsm": FGSM(eps=0.05, loss="margin")}
+    r = evaluate_robustness(trained_model, x[:16], y[:16], named, eps=0.05, checks="none")
+    assert [a["name"] for a in r.attacks] == ["weak fgsm", "margin fgsm"]
+    r = evaluate_robustness(trained_model, x[:16], y[:16], [("first", "fgsm"), "fgsm"],
+                            eps=0.05, checks="none")
+    assert [a["name"] for a in r.attacks] == ["first", "fgsm"]
+
+
 def test_report_serializes_to_json_and_markdown(pgd_report, tmp_path):
     path = tmp_path / "report.json"
     text = pgd_report.to_json(path)

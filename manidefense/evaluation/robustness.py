@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import time
-import weakref
 
 import keras
 import numpy as np
@@ -41,19 +40,6 @@ CHECKS = ("none", "fast", "full")
 _TOLERANCE = 1e-4  # relative slack on ‖δ‖ ≤ eps when auditing returned examples (float32)
 
 
-_PREDICT = weakref.WeakKeyDictionary()
-
-
-def _predict_function(model, feature_shape):
-    key = tuple(feature_shape)
-    try:
-        functions = _PREDICT.setdefault(model, {})
-    except TypeError:  # not weak-referenceable: compile without caching
-        functions = {}
-    if key not in functions:
-        functions[key] = tf.function(lambda z: model(z, training=False), input_signature=[
-            tf.TensorSpec((None, *key), tf.float32)])
-    return functions[key]
 
 
 def predict_majority(model, x, num_draws=1, batch_size=256):
@@ -61,7 +47,7 @@ def predict_majority(model, x, num_draws=1, batch_size=256):
 
     Every call draws fresh randomness; ties go to the smaller class index.
     """
-    fn = _predict_function(model, x.shape[1:])
+    fn = checklist.predict_function(model, x.shape[1:])
     votes = None
     for _ in range(num_draws):
         predicted = np.concatenate([
@@ -77,6 +63,11 @@ def predict_majority(model, x, num_draws=1, batch_size=256):
 
 def audit(x, x_adv, eps, norm, bounds, has_budget=True):
     """E17: which returned examples are valid (finite, within bounds, within the budget).
+
+    An independent check in float64 numpy, on purpose: it does not trust the attack's own
+    projection (the `Attack` base class projects, but a user callable, a `Transfer` source or
+    a buggy subclass may not), so a result outside the threat model can never count as a
+    break. The tolerance covers float32 rounding of a correctly projected result only.
 
     Returns:
         `(valid, within_budget)` boolean arrays; `within_budget` is False for minimum-distance
@@ -100,6 +91,10 @@ def _label(attack, name=None):
     return repr(attack) if len(repr(attack)) <= 60 else type(attack).__name__
 
 
+def _is_named(item):
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+
+
 def _kind(attack):
     if isinstance(attack, Transfer):
         return "transfer"
@@ -115,6 +110,10 @@ def _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed, num_classes):
         attacks = default_attacks(norm or "linf", num_classes)
     if isinstance(attacks, str) or callable(attacks):
         attacks = [attacks]
+    if isinstance(attacks, dict):
+        attacks = list(attacks.items())
+    names = [a[0] if _is_named(a) else None for a in attacks]
+    attacks = [a[1] if _is_named(a) else a for a in attacks]
     objects = [a for a in attacks if not isinstance(a, str)]
     if eps is None:
         eps = next((a.eps for a in objects if getattr(a, "eps", None) is not None), None)
@@ -124,9 +123,9 @@ def _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed, num_classes):
         norm = next((a.norm for a in objects if getattr(a, "norm", None)), "linf")
     eps, norm = check_non_negative("eps", eps), check_norm(norm)
     resolved = []
-    for i, attack in enumerate(attacks):
+    for i, (name, attack) in enumerate(zip(names, attacks, strict=True)):
         if isinstance(attack, str):
-            resolved.append((attack.lower(), make_attack(
+            resolved.append((name or attack.lower(), make_attack(
                 attack, eps, norm, bounds=bounds, batch_size=batch_size, seed=seed + i)))
             continue
         if not callable(attack):
@@ -141,7 +140,7 @@ def _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed, num_classes):
             )
         if tuple(getattr(attack, "bounds", bounds)) != tuple(bounds):
             raise ValueError(f"Attack bounds must equal bounds={bounds}. Received: {attack!r}")
-        resolved.append((None, attack))
+        resolved.append((name, attack))
     return resolved, eps, norm
 
 
@@ -197,7 +196,10 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
         model: the full defended Keras classifier (logits or probabilities).
         x: inputs within `bounds`. y: integer labels.
         attacks: attack objects and/or preset names (`presets.PRESETS`), run as a cascade;
-            None runs `presets.default_attacks` (APGD-CE, APGD-T, Square for L∞/L2).
+            an entry may be a `(name, attack)` pair, or `attacks` a `{name: attack}` dict,
+            to label it in the report (default label: its repr, or its class name when the
+            repr is long). None runs `presets.default_attacks` (APGD-CE, APGD-T, Square for
+            L∞/L2).
         eps, norm, bounds: the threat model (eps and norm default to the attacks' own).
         adaptive: apply BPDA to layers declaring `non_differentiable` and EoT to randomized
             models (declared or detected), as `attacks.adaptive.adaptive_model` does.

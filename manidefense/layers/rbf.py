@@ -1,0 +1,342 @@
+"""RBFLayer: patch templates fitted by a non-parametric EM; call() gives the match scores."""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from manidefense.manifold import em
+from manidefense.manifold.patches import extract_patches
+from manidefense.validation import (
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
+
+# Score of the unused capacity (inactive filters): finite in float16, and sigmoid(-1e4) == 0.
+INACTIVE_SCORE = -1e4
+
+
+def _pair(name, value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(check_positive_int(name, int(v)) if float(v) == int(v) else None
+                     for v in value)
+    except (TypeError, ValueError):
+        pair = (None,)
+    if len(pair) != 2 or None in pair:
+        raise ValueError(f"Argument `{name}` must be a positive integer or a pair of them. "
+                         f"Received: {name}={value!r}")
+    return pair
+
+
+@keras.saving.register_keras_serializable(package="manidefense")
+class RBFLayer(keras.layers.Layer):
+    """RBF filters over image patches (RBF-CNN, eq. 2), fitted without labels by `adapt()`.
+
+    Every `patch_size` window `z` of the input (VALID, `strides`) is scored against each
+    filter `g_j = (μ_j, v_j)`:
+
+        s(z, g_j) = -||z - μ_j||² / (2 v_j) - ½ log v_j
+
+    i.e. eq. 2 without its constant `-½ log 2π` (as in the authors' code, whose thresholds
+    and β1 values assume it). **Variance convention**: `v_j` is σ_j² of eq. 3, the mean
+    squared distance of the filter's patches to its mean — the trace of their covariance,
+    not a per-pixel variance. It is floored at `min_variance` (default 1e-4, so scores stay
+    below ≈5e4 and fit float16; the authors floored at 1e-20, which makes the all-background
+    filter's scores ≈1e20).
+
+    The filters are non-trainable weights with a static capacity `max_filters` and an
+    `active` mask (the fitted filters come first), so the layer saves and loads as `.keras`;
+    unused capacity scores `INACTIVE_SCORE`. `adapt(data)` runs the non-parametric hard EM of
+    §III-a (`manidefense.manifold.em`): it starts with no filter, creates at most one filter
+    per M-step from the patches no filter explains, deletes filters that attract too few
+    patches, and stops creating filters after `birth_steps` of its `em_steps` M-steps.
+    Defaults are the authors' MNIST settings; for CIFAR-10 they used `target_filters=175`
+    and obtained 232 filters (so `max_filters=256`).
+
+    Args:
+        patch_size: window height and width (int or pair).
+        strides: window step (int or pair).
+        max_filters: capacity; `adapt` never creates more filters.
+        em_steps: M-steps of `adapt` (the authors: 500).
+        birth_steps: M-steps during which filters may be created (MNIST 250, CIFAR 500).
+        images_per_step: images whose patches each M-step uses (the authors: 15 × 50).
+        birth_log_likelihood: a patch scoring below this (plus `log α`) under every filter
+            asks for a new filter (the authors: -2.5).
+        min_birth_share: share of a step's patches the new bucket needs to become a filter.
+        count_threshold: filters with this many patches or fewer in a step are deleted.
+        target_filters: the filter count where the birth-rate controller α starts to decay
+            fast (the authors: 10 for MNIST, 175 for CIFAR).
+        min_variance: variance floor.
+        merge_duplicates: after every M-step, merge two filters whose means are closer than
+            either one's spread (`manidefense.manifold.em.merge_duplicates`): without it the
+            hard EM can split one mode into a core and a tail filter. Not in the authors'
+            code; False reproduces it exactly.
+        seed: shuffles numpy data in `adapt`; the EM is otherwise deterministic.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Example:
+    >>> rbf = manidefense.layers.RBFLayer(max_filters=64, seed=0)
+    >>> rbf.adapt(x_train)   # numpy (N, H, W, C) in [0, 1], or a tf.data.Dataset of batches
+    >>> rbf.num_filters, rbf(x_test[:8]).shape    # (K, (8, H - 2, W - 2, 64))
+    """
+
+    def __init__(self, patch_size=3, strides=1, max_filters=64, em_steps=500, birth_steps=250,
+                 images_per_step=750, birth_log_likelihood=-2.5, min_birth_share=1e-3,
+                 count_threshold=1, target_filters=10, min_variance=1e-4, merge_duplicates=True,
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = _pair("patch_size", patch_size)
+        self.strides = _pair("strides", strides)
+        self.max_filters = check_positive_int("max_filters", max_filters)
+        self.em_steps = check_positive_int("em_steps", em_steps)
+        self.birth_steps = check_positive_int("birth_steps", birth_steps)
+        self.images_per_step = check_positive_int("images_per_step", images_per_step)
+        if not isinstance(birth_log_likelihood, (int, float)) or not math.isfinite(
+                birth_log_likelihood):
+            raise ValueError("Argument `birth_log_likelihood` must be a finite number. "
+                             f"Received: birth_log_likelihood={birth_log_likelihood!r}")
+        self.birth_log_likelihood = float(birth_log_likelihood)
+        self.min_birth_share = check_non_negative("min_birth_share", min_birth_share)
+        self.count_threshold = int(check_non_negative("count_threshold", count_threshold))
+        self.target_filters = check_positive("target_filters", target_filters)
+        self.min_variance = check_positive("min_variance", min_variance)
+        if not isinstance(merge_duplicates, bool):
+            raise ValueError("Argument `merge_duplicates` must be True or False. "
+                             f"Received: merge_duplicates={merge_duplicates!r}")
+        self.merge_duplicates = merge_duplicates
+        if seed is not None:
+            seed = int(check_non_negative("seed", seed))
+        self.seed = seed
+        self._adapted = False
+
+    # --- state ---------------------------------------------------------------------------
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError("RBFLayer expects images (batch, height, width, channels) with a "
+                             f"known channel count. Received: input shape {input_shape}")
+        ph, pw = self.patch_size
+        self.channels = int(input_shape[-1])
+        shape = (self.max_filters, ph, pw, self.channels)
+        self.means = self.add_weight(shape=shape, initializer="zeros", trainable=False,
+                                     name="means")
+        self.variances = self.add_weight(shape=(self.max_filters,), initializer="ones",
+                                         trainable=False, name="variances")
+        self.active = self.add_weight(shape=(self.max_filters,), initializer="zeros",
+                                      trainable=False, name="active")
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._adapted = bool(np.any(ops.convert_to_numpy(self.active) > 0))
+
+    @property
+    def num_filters(self):
+        """Number of fitted filters (0 before `adapt`)."""
+        if not self.built:
+            return 0
+        return int(np.sum(ops.convert_to_numpy(self.active) > 0))
+
+    @property
+    def is_adapted(self):
+        return self._adapted
+
+    def set_filters(self, means, variances):
+        """Sets the filters directly (e.g. the authors' published `mean0.npy`/`conv0.npy`).
+
+        Args:
+            means: `(K, ph, pw, channels)` with K ≤ `max_filters`.
+            variances: `(K,)`, trace variances (floored at `min_variance`).
+        """
+        means, variances = np.asarray(means, "float32"), np.asarray(variances, "float32")
+        expected = (self.patch_size[0], self.patch_size[1])
+        if means.ndim != 4 or means.shape[1:3] != expected or not 0 < len(means) <= (
+                self.max_filters) or variances.shape != (len(means),):
+            raise ValueError(
+                f"Arguments `means`/`variances` must have shapes (K, {expected[0]}, "
+                f"{expected[1]}, channels) and (K,) with 1 ≤ K ≤ max_filters="
+                f"{self.max_filters}. Received: {means.shape} and {variances.shape}")
+        if not (np.all(np.isfinite(means)) and np.all(np.isfinite(variances))
+                and np.all(variances > 0)):
+            raise ValueError("Arguments `means`/`variances` must be finite, variances > 0.")
+        if not self.built:
+            self.build((None, None, None, means.shape[-1]))
+        self._check_channels(means.shape[-1], "means")
+        k = len(means)
+        full_means = np.zeros(self.means.shape, "float32")
+        full_means[:k] = means
+        full_variances = np.ones((self.max_filters,), "float32")
+        full_variances[:k] = np.maximum(variances, self.min_variance)
+        self.means.assign(full_means)
+        self.variances.assign(full_variances)
+        self.active.assign((np.arange(self.max_filters) < k).astype("float32"))
+        self._adapted = True
+
+    def _check_channels(self, channels, name):
+        if channels != self.channels:
+            raise ValueError(
+                f"Argument `{name}` must have {self.channels} channels, the channel count of "
+                f"the images this RBFLayer was built/adapted on. Received: {channels} channels")
+
+    # --- forward -------------------------------------------------------------------------
+
+    def call(self, inputs):
+        if not self._adapted:
+            raise ValueError("RBFLayer has no filters yet: call `adapt(data)` (or "
+                             "`set_filters`) before using it.")
+        self._check_channels(inputs.shape[-1], "inputs")
+        dtype = inputs.dtype
+        kernel = ops.transpose(ops.cast(self.means, dtype), (1, 2, 3, 0))  # (ph, pw, C, K)
+        cross = ops.conv(inputs, kernel, strides=self.strides, padding="valid")
+        ones = ops.ones(self.patch_size + (self.channels, 1), dtype=dtype)
+        energy = ops.conv(ops.square(inputs), ones, strides=self.strides, padding="valid")
+        mean_energy = ops.sum(ops.square(ops.cast(self.means, dtype)), axis=(1, 2, 3))
+        squared = ops.maximum(energy - 2.0 * cross + mean_energy, 0.0)
+        variances = ops.cast(self.variances, dtype)
+        scores = -squared / (2.0 * variances) - 0.5 * ops.log(variances)
+        return ops.where(ops.cast(self.active, "bool"), scores,
+                         ops.cast(INACTIVE_SCORE, dtype))
+
+    def compute_output_shape(self, input_shape):
+        def out(size, patch, stride):
+            return None if size is None else (size - patch) // stride + 1
+
+        return (input_shape[0], out(input_shape[1], self.patch_size[0], self.strides[0]),
+                out(input_shape[2], self.patch_size[1], self.strides[1]), self.max_filters)
+
+    # --- fitting -------------------------------------------------------------------------
+
+    def adapt(self, data, batch_size=250, verbose=False):
+        """Fits the filters by the non-parametric hard EM, streaming over `data`.
+
+        Args:
+            data: images `(N, H, W, C)` as a numpy array (shuffled with `seed` every epoch),
+                or a `tf.data.Dataset` yielding batches of images (or tuples whose first
+                element is the images), iterated again as often as the EM needs.
+            batch_size: images per E-step call for numpy data (a memory knob; the M-step
+                always uses `images_per_step` images).
+            verbose: show a progress bar over the M-steps.
+
+        Returns:
+            `self`.
+        """
+        batch_size = check_positive_int("batch_size", batch_size)
+        batches = _image_batches(data, batch_size, self.seed)
+        first = next(batches)
+        if not self.built:
+            self.build(first.shape)
+        self._check_channels(first.shape[-1], "data")
+        e_step = self._e_step_function()
+        dim = int(np.prod(self.means.shape[1:]))
+        means, variances = np.zeros((0, dim), "float32"), np.zeros((0,), "float32")
+        alpha = 1.0
+        bar = keras.utils.Progbar(self.em_steps) if verbose else None
+        pending = first
+        for step in range(self.em_steps):
+            allow_birth = step < self.birth_steps
+            threshold = (em.birth_threshold(alpha, self.birth_log_likelihood) if allow_birth
+                         else -np.inf)
+            k = len(means)
+            counts, sums, deviations = np.zeros(k + 1), np.zeros((k + 1, dim)), np.zeros(k + 1)
+            seen = 0
+            while seen < self.images_per_step:
+                images = pending if pending is not None else next(batches)
+                pending = None
+                c, s, d = e_step(images, means, variances, np.float32(threshold))
+                counts += c.numpy()
+                sums += s.numpy()
+                deviations += d.numpy()
+                seen += images.shape[0]
+            share = counts[k] / max(counts.sum(), 1.0)
+            means, variances, _, _ = em.m_step(
+                means, variances, counts, sums, deviations, max_filters=self.max_filters,
+                count_threshold=self.count_threshold, min_birth_share=self.min_birth_share,
+                min_variance=self.min_variance, allow_birth=allow_birth,
+                merge=self.merge_duplicates)
+            if allow_birth:
+                alpha = em.update_alpha(alpha, len(means), share, self.target_filters)
+            if bar is not None:
+                bar.update(step + 1, [("filters", len(means)), ("new_share", share)])
+        if len(means) == 0:
+            raise ValueError("Argument `data` produced no filter: every filter attracted "
+                             f"≤ count_threshold={self.count_threshold} patches.")
+        self.set_filters(means.reshape((-1,) + tuple(self.means.shape[1:])), variances)
+        return self
+
+    def _e_step_function(self):
+        dim = int(np.prod(self.means.shape[1:]))
+
+        @tf.function(input_signature=[
+            tf.TensorSpec((None, None, None, self.channels), "float32"),
+            tf.TensorSpec((None, dim), "float32"), tf.TensorSpec((None,), "float32"),
+            tf.TensorSpec((), "float32")])
+        def e_step(images, means, variances, threshold):
+            patches = extract_patches(images, self.patch_size, self.strides)
+            return em.e_step(ops.reshape(patches, (-1, dim)), means, variances, threshold)
+
+        return e_step
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "patch_size": self.patch_size, "strides": self.strides,
+            "max_filters": self.max_filters, "em_steps": self.em_steps,
+            "birth_steps": self.birth_steps, "images_per_step": self.images_per_step,
+            "birth_log_likelihood": self.birth_log_likelihood,
+            "min_birth_share": self.min_birth_share, "count_threshold": self.count_threshold,
+            "target_filters": self.target_filters, "min_variance": self.min_variance,
+            "merge_duplicates": self.merge_duplicates, "seed": self.seed,
+        })
+        return config
+
+
+def _image_batches(data, batch_size, seed):
+    """An endless iterator of float32 numpy image batches (numpy: reshuffled every epoch)."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+        if getattr(spec, "shape", None) is not None and spec.shape.rank == 3:
+            data = data.batch(batch_size)  # one image per element: batch them
+        return _dataset_batches(data)
+    if isinstance(data, (tuple, list)) and len(data) and not np.isscalar(data[0]):
+        data = data[0]
+    x = np.asarray(data)
+    _check_data(x)
+    return _array_batches(x, batch_size, seed)
+
+
+def _check_data(x):
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating) or x.shape[0] == 0:
+        raise ValueError("Argument `data` must be float images (N, height, width, channels). "
+                         f"Received: dtype {x.dtype}, shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("Argument `data` must be finite. Received: NaN or Inf values")
+
+
+def _array_batches(x, batch_size, seed):
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), batch_size):
+            yield x[np.sort(order[start:start + batch_size])].astype("float32", copy=False)
+
+
+def _dataset_batches(dataset):
+    while True:
+        empty = True
+        for item in dataset:
+            if isinstance(item, (tuple, list)):
+                item = item[0]
+            elif isinstance(item, dict):
+                raise ValueError("Argument `data` must yield images or tuples (images, ...), "
+                                 "not dicts.")
+            x = np.asarray(item)
+            _check_data(x)
+            empty = False
+            yield x.astype("float32", copy=False)
+        if empty:
+            raise ValueError("Argument `data` is an empty dataset.")

@@ -1,0 +1,5 @@
+"""Manifold machinery shared by the defenses: patches, the non-parametric EM."""
+
+from manidefense.manifold import em, patches
+
+__all__ = ["em", "patches"]

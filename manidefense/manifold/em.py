@@ -1,0 +1,188 @@
+"""The non-parametric hard EM that fits RBF-CNN's patch templates: pure functions.
+
+Each filter j is an isotropic Gaussian with mean `μ_j` (a patch) and variance `v_j`, where
+`v_j` is the **trace** of the patch covariance — the mean squared distance of its patches to
+`μ_j`, i.e. `σ_j²` of the paper's eq. 3 (the authors' code stores the same number). The match
+score of a patch `z` (eq. 2) is its log-likelihood without the constant `-½ log 2π`:
+
+    s(z, g_j) = -||z - μ_j||² / (2 v_j) - ½ log v_j
+
+(the constant shifts every score equally; it is left out, as in the authors' code, because
+the birth threshold and β1 defaults were tuned without it).
+
+One EM step (`e_step` over a batch of patches, then `m_step`): each patch goes to the filter
+with the highest score, or to a virtual "new filter" bucket when that score is below the
+birth threshold; the M-step sets means and variances from the assigned patches (eq. 3),
+deletes filters that attracted `count_threshold` patches or fewer, and turns the new bucket
+into one new filter when it holds more than `min_birth_share` of the patches. The birth
+threshold is `birth_log_likelihood + log α`, where α follows the authors' controller
+(`update_alpha`), which slows births down as the number of filters grows past
+`target_filters`.
+
+Reference:
+    Nandy, Hsu, Lee, "Approximate Manifold Defense Against Multiple Adversarial
+    Perturbations", IJCNN 2020, §III-a; the authors' `ConvLayer.py`/`EMSteps.py` for the
+    birth rule, the α controller and the safeguards.
+"""
+
+import numpy as np
+from keras import ops
+
+
+def match_scores(patches, means, variances):
+    """Eq. 2 for every patch and filter.
+
+    Args:
+        patches: `(N, d)`.
+        means: `(K, d)`.
+        variances: `(K,)`, > 0.
+
+    Returns:
+        `(scores, squared_distances)`, both `(N, K)`.
+    """
+    squared = (ops.sum(ops.square(patches), axis=-1, keepdims=True)
+               - 2.0 * ops.matmul(patches, ops.transpose(means))
+               + ops.sum(ops.square(means), axis=-1)[None, :])
+    squared = ops.maximum(squared, 0.0)  # the expansion can round below zero
+    return -squared / (2.0 * variances) - 0.5 * ops.log(variances), squared
+
+
+def e_step(patches, means, variances, birth_threshold):
+    """Hard assignment and the sufficient statistics of every bucket.
+
+    The scores are one matrix product: `s_j = [z, ||z||², 1] · [μ_j / v_j, -1 / (2 v_j),
+    -||μ_j||² / (2 v_j) - ½ log v_j]`, so the E-step reads the patches once.
+
+    Args:
+        patches: `(N, d)` float32.
+        means, variances: the K active filters, `(K, d)` and `(K,)` (K may be 0).
+        birth_threshold: scalar; a patch whose best score is below it goes to the new bucket
+            (index K). `-inf` disables births.
+
+    Returns:
+        `(counts, sums, squared_deviations)` of shapes `(K + 1,)`, `(K + 1, d)`, `(K + 1,)`:
+        per bucket, the number of patches, their sum, and the sum of their squared distances
+        to the bucket's current mean (the new bucket's "mean" is 0).
+    """
+    num_filters = ops.shape(means)[0]
+    energy = ops.sum(ops.square(patches), axis=-1, keepdims=True)
+    ones = ops.ones_like(energy)
+    weights = ops.concatenate([
+        ops.transpose(means / variances[:, None]),
+        (-0.5 / variances)[None, :],
+        (-0.5 * ops.sum(ops.square(means), axis=-1) / variances
+         - 0.5 * ops.log(variances))[None, :],
+    ], axis=0)
+    scores = ops.matmul(ops.concatenate([patches, energy, ones], axis=-1), weights)
+    # A column of -inf for the new bucket keeps argmax/max defined when K == 0.
+    scores = ops.concatenate([scores, ops.full_like(energy, -np.inf)], axis=-1)
+    best = ops.argmax(scores, axis=-1)
+    best_score = ops.max(scores, axis=-1)
+    is_new = best_score < birth_threshold
+    bucket = ops.where(is_new, num_filters, best)
+    # ||z - μ_b||² from the best score: s_b = -||z - μ_b||² / (2 v_b) - ½ log v_b.
+    v_best = ops.take(ops.concatenate([variances, ops.ones((1,), variances.dtype)]), best)
+    deviation = ops.where(is_new, energy[:, 0],
+                          ops.maximum(-2.0 * v_best * (best_score + 0.5 * ops.log(v_best)),
+                                      0.0))
+    stats = ops.concatenate([ones, patches, deviation[:, None]], axis=-1)
+    totals = ops.segment_sum(stats, bucket, num_segments=num_filters + 1)
+    return totals[:, 0], totals[:, 1:-1], totals[:, -1]
+
+
+def m_step(means, variances, counts, sums, deviations, *, max_filters, count_threshold=1,
+           min_birth_share=1e-3, min_variance=1e-4, allow_birth=True, merge=True):
+    """Eq. 3 with the authors' safeguards, on numpy arrays.
+
+    Args:
+        means, variances: the current K filters, `(K, d)` and `(K,)`.
+        counts, sums, deviations: `e_step` statistics (K + 1 buckets, the last one new),
+            summed over the step's patches.
+        max_filters: capacity; no birth beyond it.
+        count_threshold: filters with this many patches or fewer are deleted.
+        min_birth_share: the new bucket becomes a filter only above this share of patches.
+        min_variance: variance floor (keeps scores finite and float16-safe).
+        allow_birth: False after the birth phase (plain hard EM).
+        merge: merge filters that model the same mode (`merge_duplicates`).
+
+    Returns:
+        `(means, variances, born, deleted)`: the surviving filters in their order, then the
+        newborn one if any; `deleted` counts deleted and merged filters.
+    """
+    k = len(means)
+    counts = np.asarray(counts, "float64")
+    sums, deviations = np.asarray(sums, "float64"), np.asarray(deviations, "float64")
+    total = counts.sum()
+    keep = counts[:k] > count_threshold
+    n = np.maximum(counts[:k], 1.0)[:, None]
+    new_means = sums[:k] / n
+    # Σ||z - μ_new||² = Σ||z - μ_old||² - n ||μ_new - μ_old||²  (no E[z²] - μ² cancellation)
+    shift = np.sum(np.square(new_means - means), axis=-1)
+    new_variances = np.maximum(deviations[:k] / n[:, 0] - shift, min_variance)
+    out_means, out_variances = [new_means[keep]], [new_variances[keep]]
+    out_counts = [counts[:k][keep]]
+    born = bool(allow_birth and keep.sum() < max_filters and total > 0
+                and counts[k] / total > min_birth_share)
+    if born:
+        mean = sums[k] / counts[k]
+        # the new bucket's deviations are Σ||z||², so Σ||z - μ||² = Σ||z||² - n ||μ||²
+        variance = max(deviations[k] / counts[k] - np.sum(np.square(mean)), min_variance)
+        out_means.append(mean[None])
+        out_variances.append(np.array([variance]))
+        out_counts.append(counts[k:k + 1])
+    means, variances = np.concatenate(out_means), np.concatenate(out_variances)
+    merged = 0
+    if merge:
+        means, variances, merged = merge_duplicates(means, variances,
+                                                    np.concatenate(out_counts))
+    return (means.astype("float32"), variances.astype("float32"), born,
+            int(k - keep.sum()) + merged)
+
+
+def merge_duplicates(means, variances, counts):
+    """Merges filters whose means are closer than either filter's spread.
+
+    Hard EM with per-filter variances can settle with two filters on one mode — a narrow
+    one taking its core and a wide one its tail — when a filter born from a mixture of
+    unexplained patches drifts onto a mode another filter already holds. Two filters with
+    `||μ_i - μ_j||² < min(v_i, v_j)` (each mean inside the other's typical radius) are such
+    a pair; they become one filter with the pooled mean and variance. Distinct modes, even
+    a tight one next to a wide one (image background next to faint texture), are far apart
+    relative to the tighter spread and are left alone. Not in the authors' code.
+
+    Returns:
+        `(means, variances, number_merged)`.
+    """
+    means, variances = means.astype("float64"), variances.astype("float64")
+    counts = np.asarray(counts, "float64").copy()
+    merged = 0
+    while len(means) > 1:
+        squared = np.sum(np.square(means[:, None] - means[None]), axis=-1)
+        ratio = squared / np.minimum(variances[:, None], variances[None])
+        np.fill_diagonal(ratio, np.inf)
+        i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
+        if ratio[i, j] >= 1.0:
+            break
+        i, j = min(i, j), max(i, j)
+        n = counts[i] + counts[j]
+        mean = (counts[i] * means[i] + counts[j] * means[j]) / n
+        variances[i] = (counts[i] * (variances[i] + np.sum(np.square(means[i] - mean)))
+                        + counts[j] * (variances[j] + np.sum(np.square(means[j] - mean)))) / n
+        means[i], counts[i] = mean, n
+        means, variances, counts = (np.delete(a, j, axis=0) for a in (means, variances, counts))
+        merged += 1
+    return means, variances, merged
+
+
+def update_alpha(alpha, num_filters, new_share, target_filters):
+    """The authors' birth-rate controller: α grows while there are few filters and few
+    unexplained patches, otherwise decays by about 0.05 per step."""
+    denominator = ((1.0 + np.exp(min(num_filters / target_filters, 700.0)))
+                   * (1.0 + np.exp(min(new_share / 1e-3, 700.0))))
+    return alpha + 0.6913 / denominator - 0.05
+
+
+def birth_threshold(alpha, birth_log_likelihood):
+    """Score below which a patch joins the new bucket: `birth_log_likelihood + log α`
+    (`-inf`, no births, once α ≤ 0)."""
+    return birth_log_likelihood + np.log(alpha) if alpha > 0 else -np.inf

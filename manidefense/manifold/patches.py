@@ -1,0 +1,75 @@
+"""Extract and fold image patches: the one place where images become patch vectors and back.
+
+`extract_patches` is a VALID convolution with an identity kernel, so patch `p` at output
+position `(i, j)` holds the pixels `x[i*s : i*s + ph, j*s : j*s + pw, :]` flattened in
+(row, column, channel) order. `fold_patches` is its exact adjoint (the transposed convolution
+with the same kernel): it adds every patch back where it came from. Dividing by
+`overlap_counts` — how many patches cover each pixel, the RBF-CNN code's "divider" — turns
+the sum into an average, so `fold(extract(x)) / counts == x` wherever a pixel is covered.
+"""
+
+import numpy as np
+from keras import ops
+
+
+def _identity_kernel(patch_size, channels, dtype):
+    ph, pw = patch_size
+    dim = ph * pw * channels
+    return ops.cast(np.eye(dim, dtype="float32").reshape(ph, pw, channels, dim), dtype)
+
+
+def output_size(size, patch, stride):
+    """Patches along one axis of length `size` (VALID padding)."""
+    return (size - patch) // stride + 1
+
+
+def extract_patches(images, patch_size, strides):
+    """Every `patch_size` window of `images` as a vector.
+
+    Args:
+        images: `(batch, height, width, channels)`.
+        patch_size: `(ph, pw)`.
+        strides: `(sh, sw)`.
+
+    Returns:
+        `(batch, H', W', ph * pw * channels)` with `H' = (height - ph) // sh + 1`.
+    """
+    kernel = _identity_kernel(patch_size, images.shape[-1], images.dtype)
+    return ops.conv(images, kernel, strides=strides, padding="valid")
+
+
+def fold_patches(patches, image_shape, patch_size, strides):
+    """Adds patch vectors back into images (overlaps summed): the adjoint of `extract_patches`.
+
+    Args:
+        patches: `(batch, H', W', ph * pw * channels)`.
+        image_shape: `(height, width, channels)` of the images the patches came from.
+        patch_size, strides: as given to `extract_patches`.
+
+    Returns:
+        `(batch, height, width, channels)`; pixels no patch covers (right/bottom margins when
+        the stride does not divide the size) are 0.
+    """
+    height, width, channels = image_shape
+    sh, sw = strides
+    kernel = _identity_kernel(patch_size, channels, patches.dtype)
+    # The transposed convolution covers (H' - 1) * stride + patch rows; the margin a stride
+    # that does not divide the size leaves uncovered is padded with zeros.
+    folded = ops.conv_transpose(patches, kernel, strides=(sh, sw), padding="valid")
+    pad_rows, pad_cols = height - folded.shape[1], width - folded.shape[2]
+    if pad_rows or pad_cols:
+        folded = ops.pad(folded, ((0, 0), (0, pad_rows), (0, pad_cols), (0, 0)))
+    return folded
+
+
+def overlap_counts(image_shape, patch_size, strides):
+    """How many patches cover each pixel, as a `(height, width, channels)` numpy array."""
+    height, width, channels = image_shape
+    rows = output_size(height, patch_size[0], strides[0])
+    cols = output_size(width, patch_size[1], strides[1])
+    counts = np.zeros((height, width), "float32")
+    for i in range(rows):
+        for j in range(cols):
+            r, c = i * strides[0], j * strides[1]
+            counts[r:r + patch_size[0], c:c + patch_size[1]] += 1.0
+    return np.repeat(counts[:, :, None], channels, axis=-1)
