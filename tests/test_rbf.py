@@ -72,14 +72,21 @@ def synthetic_rbf(strokes):
 
 # === The EM ===
 
-def test_em_recovers_the_number_and_means_of_well_separated_clusters():
-    rbf = tile_rbf().adapt(tiled_images(2000), batch_size=100)
-    means = fitted_means(rbf)
-    assert rbf.num_filters == len(CENTERS)
-    # Each cluster has one filter within the clipping bias of its noise (≈0.012).
-    distance = np.abs(means[:, None, :] - CENTERS[None]).max(axis=-1)
-    assert sorted(distance.argmin(axis=0)) == list(range(len(CENTERS)))
-    assert distance.min(axis=0).max() < 0.03
+def recovered_modes(rbf, tolerance=0.03):
+    """For each filter, the index of the cluster centre it sits on (max-abs distance below
+    `tolerance`), or -1 when it sits on none."""
+    distance = np.abs(fitted_means(rbf)[:, None, :] - CENTERS[None]).max(axis=-1)
+    return np.where(distance.min(axis=1) < tolerance, distance.argmin(axis=1), -1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_em_recovers_the_number_and_means_of_well_separated_clusters(seed):
+    rbf = tile_rbf(seed=seed).adapt(tiled_images(2000, seed=seed), batch_size=100)
+    # Every filter sits on a cluster centre (up to the clipping bias of the noise, ≈0.012) and
+    # every cluster has one: the distinct modes found are exactly the clusters. (Hard EM may
+    # keep a second filter on a cluster, a core and a tail, as the authors' algorithm can.)
+    modes = recovered_modes(rbf)
+    assert -1 not in modes and set(modes) == set(range(len(CENTERS)))
     variances = keras.ops.convert_to_numpy(rbf.variances)[:rbf.num_filters]
     assert np.all(variances < 9 * 0.03 ** 2 + 1e-3)
 
@@ -90,8 +97,23 @@ def test_em_is_deterministic_with_a_seed_and_streams_a_dataset():
     np.testing.assert_array_equal(fitted_means(a), fitted_means(b))
     batched = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(50)
     for dataset in (batched, tf.data.Dataset.from_tensor_slices(x)):  # batched and unbatched
-        streamed = tile_rbf().adapt(dataset)
-        assert streamed.num_filters == len(CENTERS)
+        modes = recovered_modes(tile_rbf().adapt(dataset))
+        assert -1 not in modes and set(modes) == set(range(len(CENTERS)))
+
+
+def test_capacity_is_the_fitted_count_unless_the_layer_was_built():
+    x = tiled_images(500)
+    rbf = tile_rbf().adapt(x)
+    assert rbf.capacity == rbf.num_filters and rbf(x[:2]).shape[-1] == rbf.num_filters
+    assert rbf.get_config()["capacity"] == rbf.num_filters
+    built = tile_rbf()
+    built.build((None, 12, 12, 1))
+    built.adapt(x)
+    assert built.capacity == 8 and built.num_filters == rbf.num_filters
+    scores = keras.ops.convert_to_numpy(built(x[:2]))
+    assert np.all(scores[..., built.num_filters:] == INACTIVE_SCORE)
+    capped = tile_rbf(capacity=2).adapt(x)  # never more filters than the weights hold
+    assert capped.num_filters <= 2
 
 
 def test_m_step_safeguards():
@@ -117,20 +139,6 @@ def test_m_step_safeguards():
     assert out_vars.min() == 0.5
 
 
-def test_merge_joins_two_filters_on_one_mode_only():
-    means = np.array([[0.0, 0.0], [0.05, 0.0], [0.3, 0.0], [3.0, 3.0]])
-    variances = np.array([0.01, 0.04, 1e-4, 0.5])
-    counts = np.array([300.0, 100.0, 50.0, 80.0])
-    merged_means, merged_vars, merged = em.merge_duplicates(means, variances, counts)
-    # Filters 0 and 1 (distance² 0.0025 < 0.01) merge with pooled statistics; the tight
-    # filter 2 sits 0.25 (≫ its spread 1e-4) from both and the far filter 3 stay.
-    assert merged == 1 and len(merged_means) == 3
-    np.testing.assert_allclose(merged_means[0], [0.0125, 0.0])
-    pooled = (300 * (0.01 + 0.0125 ** 2) + 100 * (0.04 + 0.0375 ** 2)) / 400
-    assert merged_vars[0] == pytest.approx(pooled)
-    np.testing.assert_allclose(merged_means[1:], means[2:])
-
-
 def test_e_step_assigns_to_the_best_filter_or_the_new_bucket():
     means = np.array([[0.0, 0.0], [1.0, 1.0]], "float32")
     variances = np.array([0.01, 0.01], "float32")
@@ -151,7 +159,7 @@ def test_e_step_assigns_to_the_best_filter_or_the_new_bucket():
 @pytest.mark.parametrize("strides", [1, 2])
 def test_scores_equal_a_direct_numpy_evaluation_of_eq2(strides):
     rng = np.random.default_rng(0)
-    rbf = RBFLayer(strides=strides, max_filters=6)
+    rbf = RBFLayer(strides=strides, capacity=6)  # 4 filters, 2 unused channels
     means = rng.random((4, 3, 3, 2)).astype("float32")
     variances = rng.uniform(0.05, 1.0, 4).astype("float32")
     rbf.set_filters(means, variances)

@@ -100,7 +100,10 @@ class ReconstructionLayer(keras.layers.Layer):
         dtype = scores.dtype
         active = ops.cast(rbf.active, "bool")
         logits = ops.where(active, beta1 * ops.sigmoid(scores), ops.cast(-1e4, dtype))
-        weights = ops.softmax(logits, axis=-1)  # (batch, H', W', K)
+        if logits.shape[-1] == 1:  # one filter: every patch becomes its (noisy) mean
+            weights = ops.ones_like(logits)
+        else:
+            weights = ops.softmax(logits, axis=-1)  # (batch, H', W', K)
         batch = ops.shape(inputs)[0]
         rows, cols, k = weights.shape[1], weights.shape[2], weights.shape[3]
         dim = int(np.prod(rbf.means.shape[1:]))

@@ -47,7 +47,7 @@ def match_scores(patches, means, variances):
     return -squared / (2.0 * variances) - 0.5 * ops.log(variances), squared
 
 
-def e_step(patches, means, variances, birth_threshold):
+def e_step(patches, means, variances, birth_threshold, active=None):
     """Hard assignment and the sufficient statistics of every bucket.
 
     The scores are one matrix product: `s_j = [z, ||z||², 1] · [μ_j / v_j, -1 / (2 v_j),
@@ -55,9 +55,11 @@ def e_step(patches, means, variances, birth_threshold):
 
     Args:
         patches: `(N, d)` float32.
-        means, variances: the K active filters, `(K, d)` and `(K,)` (K may be 0).
+        means, variances: the K filters, `(K, d)` and `(K,)` (K may be 0).
         birth_threshold: scalar; a patch whose best score is below it goes to the new bucket
             (index K). `-inf` disables births.
+        active: optional `(K,)` bool mask; inactive filters (padding, so that shapes stay
+            static) never win a patch.
 
     Returns:
         `(counts, sums, squared_deviations)` of shapes `(K + 1,)`, `(K + 1, d)`, `(K + 1,)`:
@@ -74,6 +76,8 @@ def e_step(patches, means, variances, birth_threshold):
          - 0.5 * ops.log(variances))[None, :],
     ], axis=0)
     scores = ops.matmul(ops.concatenate([patches, energy, ones], axis=-1), weights)
+    if active is not None:
+        scores = ops.where(active[None, :], scores, -np.inf)
     # A column of -inf for the new bucket keeps argmax/max defined when K == 0.
     scores = ops.concatenate([scores, ops.full_like(energy, -np.inf)], axis=-1)
     best = ops.argmax(scores, axis=-1)
@@ -91,7 +95,7 @@ def e_step(patches, means, variances, birth_threshold):
 
 
 def m_step(means, variances, counts, sums, deviations, *, max_filters, count_threshold=1,
-           min_birth_share=1e-3, min_variance=1e-4, allow_birth=True, merge=True):
+           min_birth_share=1e-3, min_variance=1e-4, allow_birth=True):
     """Eq. 3 with the authors' safeguards, on numpy arrays.
 
     Args:
@@ -103,11 +107,10 @@ def m_step(means, variances, counts, sums, deviations, *, max_filters, count_thr
         min_birth_share: the new bucket becomes a filter only above this share of patches.
         min_variance: variance floor (keeps scores finite and float16-safe).
         allow_birth: False after the birth phase (plain hard EM).
-        merge: merge filters that model the same mode (`merge_duplicates`).
 
     Returns:
         `(means, variances, born, deleted)`: the surviving filters in their order, then the
-        newborn one if any; `deleted` counts deleted and merged filters.
+        newborn one if any.
     """
     k = len(means)
     counts = np.asarray(counts, "float64")
@@ -120,7 +123,6 @@ def m_step(means, variances, counts, sums, deviations, *, max_filters, count_thr
     shift = np.sum(np.square(new_means - means), axis=-1)
     new_variances = np.maximum(deviations[:k] / n[:, 0] - shift, min_variance)
     out_means, out_variances = [new_means[keep]], [new_variances[keep]]
-    out_counts = [counts[:k][keep]]
     born = bool(allow_birth and keep.sum() < max_filters and total > 0
                 and counts[k] / total > min_birth_share)
     if born:
@@ -129,49 +131,8 @@ def m_step(means, variances, counts, sums, deviations, *, max_filters, count_thr
         variance = max(deviations[k] / counts[k] - np.sum(np.square(mean)), min_variance)
         out_means.append(mean[None])
         out_variances.append(np.array([variance]))
-        out_counts.append(counts[k:k + 1])
-    means, variances = np.concatenate(out_means), np.concatenate(out_variances)
-    merged = 0
-    if merge:
-        means, variances, merged = merge_duplicates(means, variances,
-                                                    np.concatenate(out_counts))
-    return (means.astype("float32"), variances.astype("float32"), born,
-            int(k - keep.sum()) + merged)
-
-
-def merge_duplicates(means, variances, counts):
-    """Merges filters whose means are closer than either filter's spread.
-
-    Hard EM with per-filter variances can settle with two filters on one mode — a narrow
-    one taking its core and a wide one its tail — when a filter born from a mixture of
-    unexplained patches drifts onto a mode another filter already holds. Two filters with
-    `||μ_i - μ_j||² < min(v_i, v_j)` (each mean inside the other's typical radius) are such
-    a pair; they become one filter with the pooled mean and variance. Distinct modes, even
-    a tight one next to a wide one (image background next to faint texture), are far apart
-    relative to the tighter spread and are left alone. Not in the authors' code.
-
-    Returns:
-        `(means, variances, number_merged)`.
-    """
-    means, variances = means.astype("float64"), variances.astype("float64")
-    counts = np.asarray(counts, "float64").copy()
-    merged = 0
-    while len(means) > 1:
-        squared = np.sum(np.square(means[:, None] - means[None]), axis=-1)
-        ratio = squared / np.minimum(variances[:, None], variances[None])
-        np.fill_diagonal(ratio, np.inf)
-        i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
-        if ratio[i, j] >= 1.0:
-            break
-        i, j = min(i, j), max(i, j)
-        n = counts[i] + counts[j]
-        mean = (counts[i] * means[i] + counts[j] * means[j]) / n
-        variances[i] = (counts[i] * (variances[i] + np.sum(np.square(means[i] - mean)))
-                        + counts[j] * (variances[j] + np.sum(np.square(means[j] - mean)))) / n
-        means[i], counts[i] = mean, n
-        means, variances, counts = (np.delete(a, j, axis=0) for a in (means, variances, counts))
-        merged += 1
-    return means, variances, merged
+    return (np.concatenate(out_means).astype("float32"),
+            np.concatenate(out_variances).astype("float32"), born, int(k - keep.sum()))
 
 
 def update_alpha(alpha, num_filters, new_share, target_filters):
