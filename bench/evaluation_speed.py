@@ -52,7 +52,7 @@ CACHE = ROOT / "bench" / ".cache" / "demo"
 def trained_model():
     """The demo's CNN, trained by `manidefense.cli.run_demo` (as `make demo`) and cached."""
     if not (CACHE / "model.keras").exists():
-        md.cli.run_demo(out=CACHE, verbose=False)
+        md.cli.run_demo(out=CACHE, verbose=False, rbf=False)
     return keras.saving.load_model(CACHE / "model.keras")
 
 

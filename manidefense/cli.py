@@ -31,7 +31,9 @@ def _parser():
     parser.add_argument("--version", action="version", version=manidefense.__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
-        "demo", help="train a small CNN and attack it with FGSM and PGD (Linf, L2, L1)"
+        "demo", help="train a small CNN and attack it with FGSM and PGD (Linf, L2, L1), then "
+                     "wrap a CNN trained on reconstructions in the RBF-CNN defense and attack "
+                     "that adaptively (BPDA+EoT)"
     )
     demo.add_argument("--dataset", default="fashion_mnist",
                       help="fashion_mnist (default), mnist, cifar10 or synthetic")
@@ -41,6 +43,13 @@ def _parser():
     demo.add_argument("--batch-size", type=int, default=128)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="manidefense-demo", help="output folder")
+    demo.add_argument("--no-rbf", dest="rbf", action="store_false",
+                      help="skip the RBF-CNN defense rows")
+    demo.add_argument("--rbf-test-size", type=int, default=200,
+                      help="test images for the adaptive attacks on the RBF defense (each "
+                           "gradient averages 20 noise draws)")
+    demo.add_argument("--em-steps", type=int, default=500,
+                      help="M-steps of the RBF layer's EM (the authors': 500)")
     ev = sub.add_parser(
         "evaluate", help="attack a saved .keras model with a cascade and print an honest report"
     )
@@ -100,9 +109,15 @@ def run_evaluate(args):
 
 
 def run_demo(dataset="fashion_mnist", train_size=12000, epochs=3, test_size=1000,
-             batch_size=128, seed=0, out="manidefense-demo", verbose=True):
+             batch_size=128, seed=0, out="manidefense-demo", verbose=True, rbf=True,
+             rbf_test_size=200, em_steps=500):
     """Trains `zoo.small_cnn`, attacks it, writes a PNG grid, a JSON of the results and the
     trained model (`model.keras`, ready for `manidefense evaluate --model`).
+
+    With `rbf`, also fits an RBF layer, trains the same CNN on reconstructed images (rCNN),
+    wraps it with `layers.rbf_defense` (β2 = 1.75, 10 draws), saves it as
+    `rbf_defense.keras` and adds its rows: clean accuracy on the test images, and FGSM and
+    PGD-L∞ through BPDA + EoT (the paper's adaptive attack) on the first `rbf_test_size`.
 
     Returns:
         A dict with the clean and adversarial accuracies, timings and written file paths.
@@ -154,7 +169,60 @@ def run_demo(dataset="fashion_mnist", train_size=12000, epochs=3, test_size=1000
                                       md.datasets.class_names(dataset), results)
     model.save(out / "model.keras")
     results["files"]["model"] = str(out / "model.keras")
+    if rbf:
+        defended = _rbf_rows(results, x_train, y_train, x_test, y_test, num_classes, epochs,
+                             batch_size, seed, rbf_test_size, em_steps, verbose)
+        defended.save(out / "rbf_defense.keras")
+        results["files"]["rbf_model"] = str(out / "rbf_defense.keras")
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
+
+
+def _rbf_rows(results, x_train, y_train, x_test, y_test, num_classes, epochs, batch_size, seed,
+              n, em_steps, verbose):
+    """RBF-CNN rows of the demo; returns the defended model."""
+    import keras
+    from keras import ops
+
+    import manidefense as md
+    from manidefense.layers import TRAIN_BETA1, RBFLayer, ReconstructionLayer, rbf_defense
+
+    start = time.perf_counter()
+    rbf = RBFLayer(em_steps=em_steps, birth_steps=max(1, em_steps // 2), seed=seed)
+    rbf.adapt(x_train, verbose=verbose)
+    # rCNN: the classifier learns on reconstructions at the authors' training sharpness; they
+    # are deterministic at β2 = 0, so they are computed once.
+    train_recon = ReconstructionLayer(rbf, beta1=TRAIN_BETA1, clip=False)
+    x_rec = np.concatenate([ops.convert_to_numpy(train_recon(x_train[i:i + 512]))
+                            for i in range(0, len(x_train), 512)])
+    classifier = md.zoo.small_cnn(x_train.shape[1:], num_classes, name="rcnn")
+    classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=0.1), metrics=["accuracy"])
+    classifier.fit(x_rec, keras.utils.to_categorical(y_train, num_classes), epochs=epochs,
+                   batch_size=64, verbose=2 if verbose else 0)
+    defended = rbf_defense(classifier, rbf, beta2=1.75, num_samples=10, seed=seed)
+    results["rbf"] = {"filters": rbf.num_filters, "train_seconds": time.perf_counter() - start,
+                      "beta2": 1.75, "num_samples": 10, "eot_samples": 2, "test_size": n}
+    predicted = np.argmax(defended.predict(x_test, batch_size=256, verbose=0), axis=-1)
+    results["rows"].append({"attack": "RBF clean", "budget": "-", "model": "rbf_defense",
+                            "accuracy": float(np.mean(predicted == y_test)),
+                            "mean_distance": 0.0, "seconds": 0.0})
+    # BPDA (backward through the noise-free reconstruction) + EoT (2 calls × 10 draws).
+    attack_model, _ = md.attacks.adaptive_model(defended, eot_samples=2)
+    x, y = x_test[:n], y_test[:n]
+    for name, cls, kwargs in DEMO_ATTACKS[:2]:
+        attack = getattr(md.attacks, cls)(**kwargs, batch_size=batch_size, seed=seed,
+                                          verbose=verbose)
+        began = time.perf_counter()
+        x_adv = attack(attack_model, x, y)
+        seconds = time.perf_counter() - began
+        predicted = np.argmax(defended.predict(x_adv, batch_size=256, verbose=0), axis=-1)
+        results["rows"].append({
+            "attack": f"RBF {name}", "budget": f"{attack.norm} eps={attack.eps:g}",
+            "model": "rbf_defense (BPDA+EoT)", "accuracy": float(np.mean(predicted == y)),
+            "mean_distance": float(np.mean(md.attacks.norms.distance(x, x_adv, attack.norm))),
+            "seconds": seconds, "config": repr(attack), "test_size": n})
+    return defended
 
 
 def _write_outputs(out, x, y, adversarials, predictions, class_names, results):
@@ -171,10 +239,10 @@ def _write_outputs(out, x, y, adversarials, predictions, class_names, results):
 
 def format_table(results):
     """The demo's results as a fixed-width text table."""
-    lines = [f"{'attack':<10} {'budget':<16} {'accuracy':>9} {'mean dist':>10} {'seconds':>8}"]
+    lines = [f"{'attack':<14} {'budget':<16} {'accuracy':>9} {'mean dist':>10} {'seconds':>8}"]
     for row in results["rows"]:
         lines.append(
-            f"{row['attack']:<10} {row['budget']:<16} {100 * row['accuracy']:>8.1f}% "
+            f"{row['attack']:<14} {row['budget']:<16} {100 * row['accuracy']:>8.1f}% "
             f"{row['mean_distance']:>10.3f} {row['seconds']:>8.1f}"
         )
     return "\n".join(lines)
@@ -189,7 +257,8 @@ def main(argv=None):
 
         try:
             results = run_demo(args.dataset, args.train_size, args.epochs, args.test_size,
-                               args.batch_size, args.seed, args.out)
+                               args.batch_size, args.seed, args.out, rbf=args.rbf,
+                               rbf_test_size=args.rbf_test_size, em_steps=args.em_steps)
         except (DatasetNotFoundError, ValueError) as err:
             print(f"manidefense demo: {err}", file=sys.stderr)
             return 2
@@ -198,8 +267,16 @@ def main(argv=None):
               f"for {results['epochs']} epochs in {results['train_seconds']:.0f} s; "
               f"accuracy on {results['test_size']} test images:")
         print(format_table(results))
-        print(f"\nWrote {results['files']['png']}, {results['files']['json']} and "
-              f"{results['files']['model']}")
+        if "rbf" in results:
+            info = results["rbf"]
+            print(f"\nRBF rows: {info['filters']} RBF filters and an rCNN trained in "
+                  f"{info['train_seconds']:.0f} s; defended model averages "
+                  f"{info['num_samples']} draws at β2 = {info['beta2']}; attacks use BPDA + "
+                  f"EoT ({info['eot_samples']} × {info['num_samples']} draws per gradient) on "
+                  f"the first {info['test_size']} test images.")
+        files = [results["files"][k] for k in ("png", "json", "model", "rbf_model")
+                 if k in results["files"]]
+        print(f"\nWrote {', '.join(files)}")
     elif args.command == "evaluate":
         from manidefense.datasets import DatasetNotFoundError
 

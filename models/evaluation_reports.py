@@ -50,7 +50,7 @@ class Quantize(keras.layers.Layer):
 
 def demo_model(out):
     if not (out / "model.keras").exists():
-        md.cli.run_demo(out=out, verbose=False)
+        md.cli.run_demo(out=out, verbose=False, rbf=False)
     return keras.saving.load_model(out / "model.keras")
 
 

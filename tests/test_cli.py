@@ -11,19 +11,23 @@ from manidefense import cli
 
 def test_demo_runs_and_writes_its_outputs(tmp_path, capsys):
     code = cli.main(["demo", "--dataset", "synthetic", "--train-size", "600",
-                     "--test-size", "48", "--epochs", "2", "--out", str(tmp_path)])
+                     "--test-size", "48", "--epochs", "2", "--out", str(tmp_path),
+                     "--em-steps", "30", "--rbf-test-size", "16"])
     assert code == 0
     out = capsys.readouterr().out
-    for name in ("clean", "FGSM", "PGD-Linf", "PGD-L2", "PGD-L1"):
+    for name in ("clean", "FGSM", "PGD-Linf", "PGD-L2", "PGD-L1", "RBF clean", "RBF PGD-Linf",
+                 "BPDA + EoT"):
         assert name in out
     assert (tmp_path / "adversarial_examples.png").stat().st_size > 10_000
-    assert (tmp_path / "model.keras").exists()
+    assert (tmp_path / "model.keras").exists() and (tmp_path / "rbf_defense.keras").exists()
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {row["attack"]: row for row in results["rows"]}
     assert rows["clean"]["accuracy"] > 0.5
     # The attacks must hurt the model and stay within their budgets.
     assert rows["PGD-Linf"]["accuracy"] < rows["clean"]["accuracy"]
     assert rows["PGD-L2"]["mean_distance"] <= 1.5 + 1e-6
+    assert results["rbf"]["filters"] >= 1 and rows["RBF PGD-Linf"]["test_size"] == 16
+    assert rows["RBF PGD-Linf"]["mean_distance"] <= 0.1 + 1e-6
 
 
 def test_demo_reports_missing_data_clearly(tmp_path, capsys, monkeypatch):

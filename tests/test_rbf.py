@@ -269,6 +269,12 @@ def test_defended_model_averages_probabilities_over_draws(synthetic_rbf, trained
     attack_model, notes = adaptive_model(noisy, eot_samples=4)
     assert isinstance(attack_model, md.attacks.EoT)
     assert any("BPDA" in n for n in notes) and any("EoT" in n for n in notes)
+    # The adaptive attack runs: BPDA builds the noise-free surrogate inside the traced graph.
+    x_adv = md.attacks.PGD(eps=0.1, num_steps=2, seed=0)(attack_model, x[:4], data[3][:4])
+    assert np.abs(x_adv - x[:4]).max() <= 0.1 + 1e-6 and np.abs(x_adv - x[:4]).max() > 0
+    # Weights: the classifier's and the RBF filters' once (the surrogate is not tracked).
+    expected = len(trained_model.weights) + 3  # means, variances, active
+    assert len(noisy.weights) == expected
 
 
 def test_config_round_trip(synthetic_rbf):

@@ -70,7 +70,10 @@ class ReconstructionLayer(keras.layers.Layer):
                             else check_positive("train_beta1", train_beta1))
         self.bounds = check_bounds(bounds)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # Only a noisy layer has random state (so its noise-free surrogate, built lazily and
+        # possibly while a graph is traced, creates no variable).
+        if self.beta2 > 0:
+            self.seed_generator = keras.random.SeedGenerator(seed)
 
     @property
     def randomized(self):
@@ -85,9 +88,14 @@ class ReconstructionLayer(keras.layers.Layer):
         """The noise-free layer (β2 = 0) whose gradient BPDA uses; None when already noise-free."""
         if self.beta2 == 0:
             return None
-        return ReconstructionLayer(self.rbf, beta1=self.beta1, beta2=0.0, clip=self.clip,
-                                   train_beta1=self.train_beta1, bounds=self.bounds,
-                                   name=f"{self.name}_surrogate")
+        cached = self.__dict__.get("_surrogate_layer")
+        if cached is None:
+            cached = ReconstructionLayer(self.rbf, beta1=self.beta1, beta2=0.0, clip=self.clip,
+                                         train_beta1=self.train_beta1, bounds=self.bounds,
+                                         name=f"{self.name}_surrogate")
+            # Not tracked: the surrogate shares `rbf` and must not be saved a second time.
+            object.__setattr__(self, "_surrogate_layer", cached)
+        return cached
 
     def build(self, input_shape):
         if not self.rbf.built:
