@@ -167,6 +167,7 @@ def test_tradeoff_draws_clean_and_robust_lines_in_percent_with_error_bars():
     handles, labels = ax.get_legend_handles_labels()
     assert labels == ["clean", "PGD-L∞ 0.1, BPDA+EoT"]
     assert list(handles[0].get_xdata()) == [0.0, 1.0, 1.75]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "1.75"]
     np.testing.assert_allclose(handles[0].get_ydata(), [85.0, 84.0, 82.0])
     np.testing.assert_allclose(handles[1].get_ydata(), [30.0, 35.0, 40.0])
     assert len(ax.collections) == 1  # one set of error bars, on the robust line

@@ -45,6 +45,14 @@ def is_randomized(model):
     return any(getattr(layer, "randomized", False) for layer in sublayers(model))
 
 
+def draws_per_call(model):
+    """How many random draws one call of `model` already averages: the largest
+    `draws_per_call` a layer in it declares (e.g. `layers.SampleAverage`, the mean over
+    `rbf_defense`'s noise draws), 1 when none does."""
+    return max([1] + [int(getattr(layer, "draws_per_call", 1) or 1)
+                      for layer in sublayers(model)])
+
+
 def is_non_differentiable(model):
     """True when `model` or a layer in it declares `non_differentiable = True` (and is not
     already wrapped in `BPDA`)."""
@@ -191,12 +199,14 @@ def adaptive_model(model, eot_samples=20, randomized=None):
       declaring `non_differentiable` wrapped in `BPDA` (the layers are shared, not copied, so
       weights stay tied).
     - A randomized model (declared, or `randomized=True` from an empirical check) is wrapped
-      in `EoT(num_samples=eot_samples)`.
+      in `EoT`, so that each gradient averages at least `eot_samples` random draws: a model
+      that already averages `draws_per_call(model)` draws per call is called
+      `ceil(eot_samples / draws_per_call)` times.
     The forward pass is unchanged by BPDA; EoT's forward is the mean logit over draws.
 
     Args:
         model: the defended classifier.
-        eot_samples: EoT draws per forward pass; 1 turns EoT off.
+        eot_samples: random draws averaged per gradient; 1 turns EoT off.
         randomized: force (True/False) or detect from declarations (None).
 
     Returns:
@@ -234,9 +244,16 @@ def adaptive_model(model, eot_samples=20, randomized=None):
             )
     if randomized is None:
         randomized = is_randomized(model)
-    if randomized and eot_samples > 1:
-        wrapped = EoT(wrapped, num_samples=eot_samples)
-        notes.append(f"EoT over {eot_samples} random draws per gradient (the model is randomized).")
+    per_call = draws_per_call(model)
+    calls = -(-eot_samples // per_call)
+    if randomized and calls > 1:
+        wrapped = EoT(wrapped, num_samples=calls)
+        notes.append(f"EoT over {calls * per_call} random draws per gradient (the model is "
+                     "randomized)" + (f": {calls} calls of a model that averages {per_call} "
+                                      "draws per call." if per_call > 1 else "."))
+    elif randomized and eot_samples > 1:
+        notes.append(f"No EoT wrapper: the randomized model already averages {per_call} draws "
+                     f"per call (≥ eot_samples={eot_samples}).")
     elif randomized:
         notes.append("The model is randomized but EoT is off (eot_samples=1).")
     return wrapped, notes

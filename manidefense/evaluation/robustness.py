@@ -20,7 +20,7 @@ from keras import ops
 
 import manidefense
 from manidefense.attacks import FGSM, PGD, UniformNoise
-from manidefense.attacks.adaptive import adaptive_model, is_randomized
+from manidefense.attacks.adaptive import adaptive_model, draws_per_call, is_randomized
 from manidefense.attacks.gradients import output_kind
 from manidefense.attacks.wrappers import Transfer
 from manidefense.evaluation import checks as checklist
@@ -89,6 +89,11 @@ def _label(attack, name=None):
     if name is not None:
         return name
     return repr(attack) if len(repr(attack)) <= 60 else type(attack).__name__
+
+
+def _effective_draws(model, eot_samples):
+    per_call = draws_per_call(model)
+    return max(-(-eot_samples // per_call), 1) * per_call
 
 
 def _is_named(item):
@@ -203,7 +208,9 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
         eps, norm, bounds: the threat model (eps and norm default to the attacks' own).
         adaptive: apply BPDA to layers declaring `non_differentiable` and EoT to randomized
             models (declared or detected), as `attacks.adaptive.adaptive_model` does.
-        eot_samples: EoT draws per gradient for randomized models.
+        eot_samples: random draws averaged per gradient for randomized models (a model that
+            averages several draws per call, like `layers.rbf_defense`, is called fewer
+            times; see `attacks.adaptive.adaptive_model`).
         num_draws: votes per re-classification; default 1, or 11 for randomized models.
         checks: `"fast"` (E6, E7, E9, E12–E14, E17: a few extra forward passes),
             `"full"` (adds E10 unbounded attack, E11 security curve, E15 convergence, on
@@ -253,7 +260,8 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
         attack_model, notes = model, ["Adaptive wrappers disabled (adaptive=False)."]
     threat = {"norm": norm, "eps": eps, "bounds": list(bounds), "knowledge": knowledge,
               "adaptive": notes, "randomized": bool(randomized), "num_draws": num_draws,
-              "eot_samples": eot_samples if adaptive and randomized else 1}
+              "eot_samples": _effective_draws(model, eot_samples) if adaptive and randomized
+              else 1}
     plan = _order(resolved, checks_level, eps, norm, bounds, batch_size, seed)
     flags, diagnostics = [], {}
     if checks_level != "none":

@@ -39,6 +39,11 @@ class SampleAverage(keras.layers.Layer):
         self.num_samples = check_positive_int("num_samples", num_samples)
         self.from_logits = bool(from_logits)
 
+    @property
+    def draws_per_call(self):
+        """Read by `attacks.adaptive_model`: each output already averages this many draws."""
+        return self.num_samples
+
     def call(self, inputs):
         probs = ops.softmax(inputs, axis=-1) if self.from_logits else inputs
         probs = ops.reshape(probs, (-1, self.num_samples, probs.shape[-1]))

@@ -328,8 +328,8 @@ def plot_beta2_tradeoff(beta2_values, clean_accuracy, robust_accuracy, robust_in
     ax.set_xlabel("β2 (noise level of the reconstruction)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_xticks(beta2[order])
-    ax.set_title("Accuracy vs β2" if title is None else title)
+    ax.set_xticks(beta2[order], [f"{value:g}" for value in beta2[order]])
+    ax.set_title("Accuracy vs β2" if title is None else title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     if new_figure:
