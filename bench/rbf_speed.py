@@ -39,6 +39,7 @@ from keras import ops  # noqa: E402
 
 import manidefense as md  # noqa: E402
 from manidefense.layers import RBFLayer, ReconstructionLayer, rbf_defense  # noqa: E402
+from manidefense.manifold import em  # noqa: E402
 from manidefense.manifold.patches import extract_patches  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,10 +61,7 @@ def score_floor(rbf, x, steps, repeats=5):
     dim = int(np.prod(rbf.means.shape[1:]))
     means = ops.reshape(rbf.means[:k], (k, dim))
     variances = rbf.variances[:k]
-    weights = ops.concatenate([
-        ops.transpose(means / variances[:, None]), (-0.5 / variances)[None, :],
-        (-0.5 * ops.sum(means ** 2, axis=-1) / variances - 0.5 * ops.log(variances))[None, :]],
-        axis=0)
+    weights = em.score_weights(means, variances)
 
     @tf.function(jit_compile=True)
     def best_scores(images):

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from manidefense.manifold import em
-from manidefense.manifold.patches import extract_patches
+from manidefense.manifold.patches import extract_patches, output_size
 from manidefense.validation import (
     check_non_negative,
     check_positive,
@@ -211,12 +211,10 @@ class RBFLayer(keras.layers.Layer):
                          ops.cast(INACTIVE_SCORE, dtype))
 
     def compute_output_shape(self, input_shape):
-        def out(size, patch, stride):
-            return None if size is None else (size - patch) // stride + 1
-
-        return (input_shape[0], out(input_shape[1], self.patch_size[0], self.strides[0]),
-                out(input_shape[2], self.patch_size[1], self.strides[1]),
-                self.capacity or self.max_filters)
+        rows, cols = (None if size is None else output_size(size, patch, stride)
+                      for size, patch, stride in zip(input_shape[1:3], self.patch_size,
+                                                     self.strides, strict=True))
+        return (input_shape[0], rows, cols, self.capacity or self.max_filters)
 
     # --- fitting -------------------------------------------------------------------------
 

@@ -29,29 +29,31 @@ import numpy as np
 from keras import ops
 
 
-def match_scores(patches, means, variances):
-    """Eq. 2 for every patch and filter.
+def score_weights(means, variances):
+    """The matrix that turns augmented patches `[z, ||z||², 1]` into eq. 2 scores.
+
+    `s_j = z · μ_j / v_j - ||z||² / (2 v_j) - ||μ_j||² / (2 v_j) - ½ log v_j`, so the scores of
+    `N` patches against `K` filters are one `(N, d + 2) @ (d + 2, K)` product.
 
     Args:
-        patches: `(N, d)`.
-        means: `(K, d)`.
-        variances: `(K,)`, > 0.
+        means: `(K, d)`. variances: `(K,)`, > 0.
 
     Returns:
-        `(scores, squared_distances)`, both `(N, K)`.
+        `(d + 2, K)`.
     """
-    squared = (ops.sum(ops.square(patches), axis=-1, keepdims=True)
-               - 2.0 * ops.matmul(patches, ops.transpose(means))
-               + ops.sum(ops.square(means), axis=-1)[None, :])
-    squared = ops.maximum(squared, 0.0)  # the expansion can round below zero
-    return -squared / (2.0 * variances) - 0.5 * ops.log(variances), squared
+    return ops.concatenate([
+        ops.transpose(means / variances[:, None]),
+        (-0.5 / variances)[None, :],
+        (-0.5 * ops.sum(ops.square(means), axis=-1) / variances
+         - 0.5 * ops.log(variances))[None, :],
+    ], axis=0)
 
 
 def e_step(patches, means, variances, birth_threshold, active=None):
     """Hard assignment and the sufficient statistics of every bucket.
 
-    The scores are one matrix product: `s_j = [z, ||z||², 1] · [μ_j / v_j, -1 / (2 v_j),
-    -||μ_j||² / (2 v_j) - ½ log v_j]`, so the E-step reads the patches once.
+    The scores are one matrix product with `score_weights`, so the E-step reads the patches
+    once.
 
     Args:
         patches: `(N, d)` float32.
@@ -69,13 +71,8 @@ def e_step(patches, means, variances, birth_threshold, active=None):
     num_filters = ops.shape(means)[0]
     energy = ops.sum(ops.square(patches), axis=-1, keepdims=True)
     ones = ops.ones_like(energy)
-    weights = ops.concatenate([
-        ops.transpose(means / variances[:, None]),
-        (-0.5 / variances)[None, :],
-        (-0.5 * ops.sum(ops.square(means), axis=-1) / variances
-         - 0.5 * ops.log(variances))[None, :],
-    ], axis=0)
-    scores = ops.matmul(ops.concatenate([patches, energy, ones], axis=-1), weights)
+    scores = ops.matmul(ops.concatenate([patches, energy, ones], axis=-1),
+                        score_weights(means, variances))
     if active is not None:
         scores = ops.where(active[None, :], scores, -np.inf)
     # A column of -inf for the new bucket keeps argmax/max defined when K == 0.
