@@ -1,5 +1,6 @@
 """Plots of arrays and reports; never runs a model or an attack. Needs `manidefense[plot]`."""
 
+from manidefense.visualization.certification import plot_certified_accuracy
 from manidefense.visualization.images import plot_adversarial_grid
 from manidefense.visualization.rbf import (
     plot_beta2_tradeoff,
@@ -8,5 +9,6 @@ from manidefense.visualization.rbf import (
 )
 from manidefense.visualization.robustness import plot_attack_bars, plot_security_curve
 
-__all__ = ["plot_adversarial_grid", "plot_attack_bars", "plot_beta2_tradeoff", "plot_rbf_filters",
-           "plot_reconstructions", "plot_security_curve"]
+__all__ = ["plot_adversarial_grid", "plot_attack_bars", "plot_beta2_tradeoff",
+           "plot_certified_accuracy", "plot_rbf_filters", "plot_reconstructions",
+           "plot_security_curve"]
