@@ -172,6 +172,19 @@ def test_call_returns_vote_frequencies_and_declares_itself(geometry):
     assert any("BPDA" in note for note in notes)
 
 
+def test_evaluate_robustness_attacks_the_smoothed_classifier_adaptively(trained_model, data):
+    from manidefense.evaluation import evaluate_robustness
+
+    xt, yt = data[2][:16], data[3][:16]
+    smoothed = SmoothedClassifier(trained_model, 4, sigma=0.05, num_samples=8, seed=0)
+    report = evaluate_robustness(smoothed, xt, yt, ["pgd"], eps=0.1, norm="linf",
+                                 checks="none", eot_samples=16, seed=0)
+    notes = " ".join(report.threat_model["adaptive"])
+    assert "BPDA around the whole model" in notes and "soft_votes" in notes
+    assert "EoT over 16 random draws" in notes
+    assert report.robust_accuracy < report.clean_accuracy
+
+
 def test_fit_is_gaussian_augmentation_which_for_least_squares_is_ridge_regression():
     # E||W(x + e) + b - y||^2 = ||Wx + b - y||^2 + sigma^2 ||W||_F^2: trained through the
     # smoothed classifier with fresh noise every step, a linear model converges to the ridge

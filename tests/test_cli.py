@@ -120,3 +120,51 @@ def test_evaluate_imports_custom_layers_and_saves_state_per_chunk(tmp_path, caps
     assert "`state_path`" in capsys.readouterr().err
     assert cli.main(args + ["--import", "no_such_module_xyz"]) == 2
     assert "`--import`" in capsys.readouterr().err
+
+
+def test_certify_matches_the_library_and_reads_a_saved_smoothed_classifier(tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    import manidefense as md
+    from manidefense.certification import SmoothedClassifier, certified_accuracy
+
+    keras.utils.set_random_seed(0)
+    x, y = md.datasets.load("synthetic", "train", limit=600)
+    model = md.zoo.small_cnn(width=8)
+    smoothed = SmoothedClassifier(model, 10, sigma=0.25, seed=0)
+    smoothed.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    smoothed.fit(x, y, epochs=2, batch_size=64, verbose=0)  # Gaussian augmentation
+    base_path, smoothed_path = tmp_path / "base.keras", tmp_path / "smoothed.keras"
+    model.save(base_path)
+    smoothed.save(smoothed_path)
+    out = tmp_path / "cert.json"
+    args = ["--dataset", "synthetic", "--n", "12", "--num-samples", "200", "--radii", "0.1,2",
+            "--seed", "3", "--out", str(out), "--quiet"]
+    assert cli.main(["certify", "--model", str(base_path), "--sigma", "0.25", *args]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    xt, yt = md.datasets.load("synthetic", "test", limit=12)
+    expected = SmoothedClassifier(model, 10, 0.25, seed=3).certify(xt, 100, 200)
+    np.testing.assert_array_equal(summary["classes"], expected[0])
+    np.testing.assert_allclose(summary["radii"], expected[1])
+    table = {row["radius"]: row for row in summary["table"]}
+    assert table[0.1]["certified_accuracy"] == certified_accuracy(*expected[::-1], yt, 0.1)
+    # 2.0 is beyond what n = 200 can certify at sigma 0.25: marked, never shown as 0%.
+    assert table[2.0]["above_max_radius"] and "above the largest certifiable radius" in printed
+    assert "Average certified radius" in printed
+    # A saved SmoothedClassifier brings its own sigma.
+    assert cli.main(["certify", "--model", str(smoothed_path), *args]) == 0
+    assert json.loads(out.read_text())["classes"] == summary["classes"]
+
+
+def test_certify_reports_bad_arguments(tmp_path, capsys):
+    import manidefense as md
+
+    path = tmp_path / "base.keras"
+    md.zoo.small_cnn(width=4).save(path)
+    assert cli.main(["certify", "--model", str(path), "--dataset", "synthetic"]) == 2
+    assert "`--sigma`" in capsys.readouterr().err
+    assert cli.main(["certify", "--model", str(path), "--dataset", "synthetic", "--sigma",
+                     "-1"]) == 2
+    assert "`sigma`" in capsys.readouterr().err

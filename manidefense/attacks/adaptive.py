@@ -267,4 +267,7 @@ def _preserves_shape(model):
 
 
 def _describe(surrogate):
-    return "identity" if surrogate is None else getattr(surrogate, "name", type(surrogate).__name__)
+    if surrogate is None:
+        return "identity"
+    return (getattr(surrogate, "name", None) or getattr(surrogate, "__name__", None)
+            or type(surrogate).__name__)
