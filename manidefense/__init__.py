@@ -10,11 +10,12 @@ from manidefense import (  # noqa: E402
     evaluation,
     layers,
     manifold,
+    shells,
     stats,
     validation,
     visualization,
     zoo,
 )
 
-__all__ = ["attacks", "certification", "datasets", "evaluation", "layers", "manifold", "stats",
-           "validation", "visualization", "zoo", "__version__"]
+__all__ = ["attacks", "certification", "datasets", "evaluation", "layers", "manifold", "shells",
+           "stats", "validation", "visualization", "zoo", "__version__"]

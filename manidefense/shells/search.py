@@ -1,0 +1,241 @@
+"""Search factors of model shells (Wu, Jang, Chen, Jha): MCN, NCN, and a sampling vote.
+
+A search factor H maps a base model F and an input x to a point H(F, x) that F classifies
+(Definition 4). The two objectives of the paper are solved per class t, as targeted searches
+(Algorithms 1 and 2), and here **all classes of all examples run in one batched graph**: the
+batch is tiled over the classes (row i·C + t holds example i searched towards class t), so a
+search costs `num_steps` forward+backward passes on C times the batch, not C separate loops.
+
+Each factor's `find(logits_fn, x)` is graph-safe and returns `(z, classes, confidence,
+reached)`: the chosen points, the class F gives them, F's confidence there and, per example,
+whether the objective was met (NCN: some class reached p).
+"""
+
+import inspect
+
+import keras
+from keras import ops
+
+from manidefense.attacks import norms
+from manidefense.attacks.pgd import default_step_size, pgd_loop
+from manidefense.validation import (
+    check_bounds,
+    check_choice,
+    check_fraction,
+    check_norm,
+    check_positive,
+    check_positive_int,
+)
+
+
+def _tile_over_classes(x, num_classes):
+    """Rows i·C + t: example i, class t. Returns the tiled batch and the class of each row."""
+    batch = ops.shape(x)[0]
+    tiled = ops.repeat(x, num_classes, axis=0)
+    classes = ops.tile(ops.arange(num_classes, dtype="int64"), (batch,))
+    return tiled, classes
+
+
+def _per_example(values, num_classes):
+    return ops.reshape(values, (-1, num_classes))
+
+
+def _pick(z, index, num_classes):
+    """Row `index[i]` of the C candidates of each example i."""
+    rows = ops.arange(ops.shape(index)[0], dtype="int32") * num_classes + ops.cast(index, "int32")
+    return ops.take(z, rows, axis=0)
+
+
+def _class_probabilities(logits, classes):
+    probs = ops.softmax(logits, axis=-1)
+    return ops.sum(probs * ops.one_hot(classes, ops.shape(logits)[-1]), axis=-1)
+
+
+class SearchFactor:
+    """Base class: validation of the shared arguments and the config round trip."""
+
+    randomized = False
+
+    def __init__(self, *, bounds=(0.0, 1.0)):
+        self.bounds = check_bounds(bounds)
+
+    def find(self, logits_fn, x):
+        """Graph-safe search on one float32 batch; returns `(z, classes, confidence, reached)`."""
+        raise NotImplementedError
+
+    def get_config(self):
+        params = inspect.signature(type(self).__init__).parameters.values()
+        names = [p.name for p in params if p.name != "self" and p.kind != p.VAR_KEYWORD]
+        return {name: getattr(self, name) for name in names} | {"bounds": self.bounds}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable(package="manidefense")
+class MCN(SearchFactor):
+    """δ-most confident neighbour (Definition 1, Algorithm 1): for every class t, maximise
+    F(z)_t over the δ-ball around x (eq. 8), then keep the z_t with the largest F(z_t)_t.
+
+    Each per-class problem is a targeted PGD from x (no random start: the search is a
+    deterministic function of x), keeping the best iterate. `method="pgd"` ascends
+    log F(z)_t (cross-entropy towards t: the same maximiser as F(z)_t, with gradients that do
+    not vanish when the softmax saturates); `method="cw"` ascends the Carlini–Wagner margin
+    Z_t − max_{i≠t} Z_i, the objective of the authors' CW-L∞ search, but inside a hard δ-ball
+    (their hinge let the point leave the ball).
+
+    Args:
+        delta: search radius δ in `norm`, in the units of `bounds`.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+        num_steps: gradient steps per class.
+        step_size: step length; default `2.5 * delta / num_steps`.
+        method: `"pgd"` or `"cw"` (see above).
+        bounds: valid input range.
+
+    Example:
+    >>> shell = ModelShell(robust_cnn, MCN(delta=0.1, num_steps=20))
+    """
+
+    def __init__(self, delta, norm="linf", num_steps=20, step_size=None, method="pgd", *,
+                 bounds=(0.0, 1.0)):
+        super().__init__(bounds=bounds)
+        self.delta = check_positive("delta", delta)
+        self.norm = check_norm(norm)
+        self.num_steps = check_positive_int("num_steps", num_steps)
+        self.step_size = (None if step_size is None
+                          else check_positive("step_size", step_size))
+        self.method = check_choice("method", method, ("pgd", "cw"))
+
+    def find(self, logits_fn, x):
+        num_classes = ops.shape(logits_fn(x[:1]))[-1]
+        tiled, classes = _tile_over_classes(x, num_classes)
+        step = self.step_size or default_step_size(self.delta, self.num_steps)
+        z, _, _ = pgd_loop(logits_fn, tiled, classes, classes, eps=self.delta, norm=self.norm,
+                           step_size=step, num_steps=self.num_steps, random_start=False,
+                           loss="ce" if self.method == "pgd" else "margin",
+                           bounds=self.bounds, keep_best=True)
+        # Algorithm 1, line 4: the class whose search reached the highest confidence in it.
+        confidence = _per_example(_class_probabilities(logits_fn(z), classes), num_classes)
+        best = ops.argmax(confidence, axis=1)
+        chosen = _pick(z, best, num_classes)
+        probs = ops.softmax(logits_fn(chosen), axis=-1)
+        reached = ops.ones_like(best, dtype="bool")
+        return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
+
+
+@keras.saving.register_keras_serializable(package="manidefense")
+class NCN(SearchFactor):
+    """p-nearest confident neighbour (Definition 2, Algorithm 2): for every class t, the
+    nearest z with F(z)_t ≥ p (eq. 9); the shell returns the nearest of these.
+
+    Each per-class problem is solved by the augmented-Lagrangian sequence of eq. 10: Adam on
+    ‖z − x‖ + (1/2α)([λ + α g(z)]⁺² − λ²) with g(z) = log p' − log F(z)_t (the constraint
+    in log form, whose gradient does not vanish where F(z)_t is tiny), α multiplied by
+    `alpha_growth` after every stage and the multiplier updated as λ ← [λ + α g(z)]⁺.
+    A class stops at the first stage whose point is feasible (F(z)_t ≥ p), which keeps it
+    near x; the optimisation aims slightly inside the feasible set (p' = p + 1% of 1 − p) so
+    that the converged point is strictly feasible. Examples for which no class reaches p keep
+    x itself (the shell then answers like the base model) and are reported as not reached.
+
+    Args:
+        confidence: the threshold p in (0, 1).
+        norm: distance minimised, `"l2"`, `"linf"` or `"l1"`.
+        num_steps: Adam steps per stage.
+        num_stages: penalty stages (values of α).
+        step_size: Adam learning rate, in the units of `bounds`.
+        alpha: the first penalty coefficient α.
+        alpha_growth: factor applied to α after every stage.
+        bounds: valid input range.
+
+    Example:
+    >>> shell = ModelShell(robust_cnn, NCN(confidence=0.9, norm="l2"))
+    """
+
+    def __init__(self, confidence, norm="l2", num_steps=50, num_stages=6, step_size=0.01,
+                 alpha=1.0, alpha_growth=4.0, *, bounds=(0.0, 1.0)):
+        super().__init__(bounds=bounds)
+        self.confidence = check_fraction("confidence", confidence)
+        self.norm = check_norm(norm)
+        self.num_steps = check_positive_int("num_steps", num_steps)
+        self.num_stages = check_positive_int("num_stages", num_stages)
+        self.step_size = check_positive("step_size", step_size)
+        self.alpha = check_positive("alpha", alpha)
+        self.alpha_growth = check_positive("alpha_growth", alpha_growth)
+        if self.alpha_growth < 1:
+            raise ValueError("Argument `alpha_growth` must be >= 1 (the penalty grows). "
+                             f"Received: alpha_growth={alpha_growth!r}")
+
+    def find(self, logits_fn, x):
+        num_classes = ops.shape(logits_fn(x[:1]))[-1]
+        tiled, classes = _tile_over_classes(x, num_classes)
+        z, feasible = self._solve(logits_fn, tiled, classes)
+        distance = ops.where(feasible, norms.distance(tiled, z, self.norm), float("inf"))
+        distance = _per_example(distance, num_classes)
+        reached = ops.any(_per_example(feasible, num_classes), axis=1)
+        chosen = _pick(z, ops.argmin(distance, axis=1), num_classes)
+        chosen = ops.where(ops.reshape(reached, (-1,) + (1,) * (len(x.shape) - 1)), chosen, x)
+        probs = ops.softmax(logits_fn(chosen), axis=-1)
+        return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
+
+    def _solve(self, logits_fn, x, classes):
+        import tensorflow as tf  # noqa: PLC0415 - the Lagrangian loop is TensorFlow code
+
+        log_p = float(ops.log(self.confidence))
+        log_target = float(ops.log(self.confidence + 0.01 * (1 - self.confidence)))
+        low, high = self.bounds
+
+        def log_confidence(z):
+            return ops.take_along_axis(ops.log_softmax(logits_fn(z), axis=-1),
+                                       ops.expand_dims(classes, 1), axis=1)[:, 0]
+
+        def distance(z):
+            flat = ops.reshape(z - x, (ops.shape(z)[0], -1))
+            if self.norm == "l2":  # smooth at z = x, where the gradient would be 0/0
+                return ops.sqrt(ops.sum(ops.square(flat), axis=1) + 1e-12)
+            if self.norm == "linf":
+                return ops.max(ops.abs(flat), axis=1)
+            return ops.sum(ops.abs(flat), axis=1)
+
+        def stage(s, state):
+            z, lam, done, best = state
+            alpha = self.alpha * self.alpha_growth ** ops.cast(s, "float32")
+            m, v = ops.zeros_like(z), ops.zeros_like(z)
+            active = ops.reshape(ops.cast(ops.logical_not(done), z.dtype),
+                                 (-1,) + (1,) * (len(x.shape) - 1))
+
+            def adam(k, inner):
+                z, m, v = inner
+                with tf.GradientTape() as tape:
+                    tape.watch(z)
+                    g = log_target - log_confidence(z)
+                    penalty = (ops.square(ops.relu(lam + alpha * g)) - ops.square(lam)) / (
+                        2 * alpha)
+                    total = ops.sum(distance(z) + penalty)
+                grad = tape.gradient(total, z)
+                m = 0.9 * m + 0.1 * grad
+                v = 0.999 * v + 0.001 * ops.square(grad)
+                t = ops.cast(k + 1, z.dtype)
+                update = (m / (1 - 0.9**t)) / (ops.sqrt(v / (1 - 0.999**t)) + 1e-8)
+                z = ops.clip(z - self.step_size * active * update, low, high)
+                return z, m, v
+
+            z, _, _ = ops.fori_loop(0, self.num_steps, adam, (z, m, v))
+            log_f = log_confidence(z)
+            feasible = log_f >= log_p
+            newly = ops.logical_and(feasible, ops.logical_not(done))
+            mask = ops.reshape(newly, (-1,) + (1,) * (len(x.shape) - 1))
+            best = ops.where(mask, z, best)
+            lam = ops.where(done, lam, ops.relu(lam + alpha * (log_target - log_f)))
+            return z, lam, ops.logical_or(done, feasible), best
+
+        # A class already confident at x needs no search (distance 0).
+        done = log_confidence(x) >= log_p
+        lam = ops.zeros((ops.shape(x)[0],), dtype=x.dtype)
+        state = (x, lam, done, x)
+        _, _, done, best = ops.fori_loop(0, self.num_stages, stage, state)
+        return best, done
