@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from manidefense.attacks import adaptive_model, projected_gradient_descent
-from manidefense.shells import MCN, NCN, ModelShell
+from manidefense.shells import MCN, NCN, ModelShell, SamplingVote, UnifiedSearch
 
 D = 16
 SCALE = 4.0  # logit slope along the unit normal: F_1 = sigmoid(SCALE * (w·z - offset))
@@ -101,6 +101,45 @@ def test_ncn_reports_when_no_class_reaches_p(linear):
     np.testing.assert_array_equal(classes, (x[:3] @ w - offset > 0).astype(int))
 
 
+def test_unified_objective_matches_a_one_dimensional_minimisation(linear):
+    # Along the normal, eq. 5 for class t is min_d d - λ sigmoid(±SCALE (s0 ± d)): a 1-D
+    # problem solved here on a fine grid; both classes are tried and the lower one wins.
+    model, w, offset, x = linear
+    lam = 2.0
+    z, classes, _, _ = ModelShell(model, UnifiedSearch(lam, num_steps=300)).search(x)
+    d = np.linspace(0, 2, 20001)
+    s0 = x @ w - offset
+    up = d[None] - lam * sigmoid(SCALE * (s0[:, None] + d[None]))
+    down = d[None] - lam * sigmoid(-SCALE * (s0[:, None] - d[None]))
+    best_up, best_down = up.min(1), down.min(1)
+    expected = np.where(best_up <= best_down, d[up.argmin(1)], d[down.argmin(1)])
+    np.testing.assert_allclose(np.linalg.norm(z - x, axis=1), expected, atol=0.01)
+    np.testing.assert_array_equal(classes, (best_up <= best_down).astype(int))
+    # λ below 4 / SCALE: confidence never pays for distance, so eq. 5 is the identity.
+    z, _, _, _ = ModelShell(model, UnifiedSearch(0.5, num_steps=100)).search(x)
+    np.testing.assert_allclose(z, x, atol=0.01)
+
+
+def test_sampling_vote_weighs_the_neighbourhood(linear):
+    model, w, offset, x = linear
+    far = np.clip(0.5 + 0.45 * np.sign(w), 0, 1).astype(np.float32)[None]  # deep in class 1
+    centre = (0.5 + (offset - 0.5 * w.sum()) * w).astype(np.float32)[None]  # on the boundary
+    shell = ModelShell(model, SamplingVote(num_samples=400, radius=0.1, seed=0))
+    assert shell.randomized and not ModelShell(model, MCN(0.1)).randomized
+    votes = keras.ops.convert_to_numpy(shell(np.concatenate([far, centre])))
+    np.testing.assert_allclose(votes.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(votes[0], [0.0, 1.0], atol=1e-6)
+    assert 0.35 < votes[1, 1] < 0.65  # a symmetric ball around the boundary splits the vote
+    z, classes, share, _ = shell.search(far)
+    assert classes[0] == 1 and share[0] == pytest.approx(1.0)
+    assert np.abs(z - far).max() <= 0.1 + 1e-6
+    # Equal seeds reproduce on a fresh shell; later calls draw fresh points.
+    fresh = ModelShell(model, SamplingVote(num_samples=400, radius=0.1, seed=0))
+    both = np.concatenate([far, centre])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fresh(both)), votes, atol=1e-6)
+    assert not np.allclose(keras.ops.convert_to_numpy(fresh(both)), votes, atol=1e-6)
+
+
 def test_batched_search_equals_the_per_class_loop(trained_model, data):
     # The authors' structure: one targeted search per class, then the most confident result.
     x = data[2][:6]
@@ -157,7 +196,8 @@ print(repr(shell.search_factor))
 
 def test_config_and_keras_file_round_trip_in_a_fresh_process(linear, tmp_path):
     model, _, _, x = linear
-    for search in (MCN(0.1, norm="l2", num_steps=7, method="cw"), NCN(0.8, num_stages=3)):
+    for search in (MCN(0.1, norm="l2", num_steps=7, method="cw"), NCN(0.8, num_stages=3),
+                   UnifiedSearch(3.0, norm="linf"), SamplingVote(8, 0.2, seed=4)):
         assert type(search).from_config(search.get_config()).get_config() == search.get_config()
     shell = ModelShell(model, MCN(0.1, norm="l2", num_steps=7, method="cw"))
     expected = shell.predict(x, verbose=0)
@@ -179,6 +219,9 @@ def test_config_and_keras_file_round_trip_in_a_fresh_process(linear, tmp_path):
     (lambda: NCN(1.0), r"`confidence` must be a number in \(0.0, 1.0\)"),
     (lambda: NCN(0.0), "`confidence`"),
     (lambda: NCN(0.9, alpha_growth=0.5), "`alpha_growth` must be >= 1"),
+    (lambda: UnifiedSearch(0.0), "`lambda_` must be > 0"),
+    (lambda: SamplingVote(0, 0.1), "`num_samples`"),
+    (lambda: SamplingVote(8, -0.1), "`radius`"),
     (lambda: ModelShell(keras.layers.Dense(2), "mcn"), "`search` must be a search factor"),
 ])
 def test_bad_arguments(make, match):

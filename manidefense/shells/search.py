@@ -14,9 +14,11 @@ whether the objective was met (NCN: some class reached p).
 import inspect
 
 import keras
+import numpy as np
 from keras import ops
 
 from manidefense.attacks import norms
+from manidefense.attacks.gradients import value_and_grad
 from manidefense.attacks.pgd import default_step_size, pgd_loop
 from manidefense.validation import (
     check_bounds,
@@ -178,64 +180,177 @@ class NCN(SearchFactor):
         distance = _per_example(distance, num_classes)
         reached = ops.any(_per_example(feasible, num_classes), axis=1)
         chosen = _pick(z, ops.argmin(distance, axis=1), num_classes)
-        chosen = ops.where(ops.reshape(reached, (-1,) + (1,) * (len(x.shape) - 1)), chosen, x)
+        chosen = ops.where(_rows(reached, x), chosen, x)
         probs = ops.softmax(logits_fn(chosen), axis=-1)
         return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
 
     def _solve(self, logits_fn, x, classes):
-        import tensorflow as tf  # noqa: PLC0415 - the Lagrangian loop is TensorFlow code
-
-        log_p = float(ops.log(self.confidence))
-        log_target = float(ops.log(self.confidence + 0.01 * (1 - self.confidence)))
-        low, high = self.bounds
-
-        def log_confidence(z):
-            return ops.take_along_axis(ops.log_softmax(logits_fn(z), axis=-1),
-                                       ops.expand_dims(classes, 1), axis=1)[:, 0]
-
-        def distance(z):
-            flat = ops.reshape(z - x, (ops.shape(z)[0], -1))
-            if self.norm == "l2":  # smooth at z = x, where the gradient would be 0/0
-                return ops.sqrt(ops.sum(ops.square(flat), axis=1) + 1e-12)
-            if self.norm == "linf":
-                return ops.max(ops.abs(flat), axis=1)
-            return ops.sum(ops.abs(flat), axis=1)
+        log_p = float(np.log(self.confidence))
+        log_target = float(np.log(self.confidence + 0.01 * (1 - self.confidence)))
 
         def stage(s, state):
             z, lam, done, best = state
             alpha = self.alpha * self.alpha_growth ** ops.cast(s, "float32")
-            m, v = ops.zeros_like(z), ops.zeros_like(z)
-            active = ops.reshape(ops.cast(ops.logical_not(done), z.dtype),
-                                 (-1,) + (1,) * (len(x.shape) - 1))
 
-            def adam(k, inner):
-                z, m, v = inner
-                with tf.GradientTape() as tape:
-                    tape.watch(z)
-                    g = log_target - log_confidence(z)
-                    penalty = (ops.square(ops.relu(lam + alpha * g)) - ops.square(lam)) / (
-                        2 * alpha)
-                    total = ops.sum(distance(z) + penalty)
-                grad = tape.gradient(total, z)
-                m = 0.9 * m + 0.1 * grad
-                v = 0.999 * v + 0.001 * ops.square(grad)
-                t = ops.cast(k + 1, z.dtype)
-                update = (m / (1 - 0.9**t)) / (ops.sqrt(v / (1 - 0.999**t)) + 1e-8)
-                z = ops.clip(z - self.step_size * active * update, low, high)
-                return z, m, v
+            def lagrangian(z):
+                g = log_target - _log_confidence(logits_fn, z, classes)
+                penalty = (ops.square(ops.relu(lam + alpha * g)) - ops.square(lam)) / (2 * alpha)
+                return _smooth_distance(z, x, self.norm) + penalty
 
-            z, _, _ = ops.fori_loop(0, self.num_steps, adam, (z, m, v))
-            log_f = log_confidence(z)
+            z = _adam(lagrangian, z, self.num_steps, self.step_size, self.bounds,
+                      active=ops.logical_not(done))
+            log_f = _log_confidence(logits_fn, z, classes)
             feasible = log_f >= log_p
             newly = ops.logical_and(feasible, ops.logical_not(done))
-            mask = ops.reshape(newly, (-1,) + (1,) * (len(x.shape) - 1))
-            best = ops.where(mask, z, best)
+            best = ops.where(_rows(newly, x), z, best)
             lam = ops.where(done, lam, ops.relu(lam + alpha * (log_target - log_f)))
             return z, lam, ops.logical_or(done, feasible), best
 
         # A class already confident at x needs no search (distance 0).
-        done = log_confidence(x) >= log_p
+        done = _log_confidence(logits_fn, x, classes) >= log_p
         lam = ops.zeros((ops.shape(x)[0],), dtype=x.dtype)
-        state = (x, lam, done, x)
-        _, _, done, best = ops.fori_loop(0, self.num_stages, stage, state)
+        _, _, done, best = ops.fori_loop(0, self.num_stages, stage, (x, lam, done, x))
         return best, done
+
+
+@keras.saving.register_keras_serializable(package="manidefense")
+class UnifiedSearch(SearchFactor):
+    """The unified objective of eq. 5: argmin_z ‖z − x‖ − λ ‖F(z)‖∞.
+
+    MCN_δ (eq. 3, a penalty on leaving the ball) and NCN_p (eq. 4, a penalty on missing p) are
+    both this problem for some λ (μ = 1/λ). Solved per class t — min ‖z − x‖ − λ F(z)_t by
+    Adam from x — keeping, per example, the class with the lowest objective. Large λ behaves
+    like MCN with a large δ (confidence at almost any distance), small λ like the identity.
+
+    Args:
+        lambda_: the trade-off λ > 0 between confidence and distance.
+        norm: distance, `"l2"`, `"linf"` or `"l1"`.
+        num_steps: Adam steps per class.
+        step_size: Adam learning rate, in the units of `bounds`.
+        bounds: valid input range.
+
+    Example:
+    >>> shell = ModelShell(robust_cnn, UnifiedSearch(lambda_=2.0))
+    """
+
+    def __init__(self, lambda_, norm="l2", num_steps=100, step_size=0.01, *, bounds=(0.0, 1.0)):
+        super().__init__(bounds=bounds)
+        self.lambda_ = check_positive("lambda_", lambda_)
+        self.norm = check_norm(norm)
+        self.num_steps = check_positive_int("num_steps", num_steps)
+        self.step_size = check_positive("step_size", step_size)
+
+    def find(self, logits_fn, x):
+        num_classes = ops.shape(logits_fn(x[:1]))[-1]
+        tiled, classes = _tile_over_classes(x, num_classes)
+
+        def objective(z):
+            confidence = ops.exp(_log_confidence(logits_fn, z, classes))
+            return _smooth_distance(z, tiled, self.norm) - self.lambda_ * confidence
+
+        z = _adam(objective, tiled, self.num_steps, self.step_size, self.bounds)
+        best = ops.argmin(_per_example(objective(z), num_classes), axis=1)
+        chosen = _pick(z, best, num_classes)
+        probs = ops.softmax(logits_fn(chosen), axis=-1)
+        reached = ops.ones_like(best, dtype="bool")
+        return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
+
+
+@keras.saving.register_keras_serializable(package="manidefense")
+class SamplingVote(SearchFactor):
+    """The sampling shell the paper mentions: draw points in the neighbourhood and take a
+    majority vote weighted by the base model's confidence at each.
+
+    Not a factor shell (no single point is classified): `ModelShell` outputs the vote shares
+    Σ_i c_i onehot(argmax F(z_i)) / Σ_i c_i, c_i = ‖F(z_i)‖∞, over `num_samples` points drawn
+    uniformly in the `radius`-ball and clipped to `bounds`, fresh on every call (the shell is
+    then `randomized`, and an honest evaluation uses EoT). `find` returns, per example, the
+    most confident sample voting for the winning class and the winner's vote share.
+
+    Args:
+        num_samples: points drawn per example.
+        radius: radius of the ball in `norm`, in the units of `bounds`.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+        seed: int or None.
+        bounds: valid input range.
+
+    Example:
+    >>> shell = ModelShell(cnn, SamplingVote(num_samples=32, radius=0.1))
+    """
+
+    randomized = True
+
+    def __init__(self, num_samples=32, radius=0.1, norm="linf", seed=None, *,
+                 bounds=(0.0, 1.0)):
+        super().__init__(bounds=bounds)
+        self.num_samples = check_positive_int("num_samples", num_samples)
+        self.radius = check_positive("radius", radius)
+        self.norm = check_norm(norm)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"Argument `seed` must be an int or None. Received: seed={seed!r}")
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    def _samples(self, logits_fn, x):
+        n = self.num_samples
+        tiled = ops.repeat(x, n, axis=0)
+        delta = norms.random_start(ops.shape(tiled), self.radius, self.norm,
+                                   seed=self._seed_generator)
+        z = norms.clip_to_bounds(tiled + delta, self.bounds)
+        probs = ops.softmax(logits_fn(z), axis=-1)
+        weights = ops.max(probs, axis=-1, keepdims=True)
+        votes = ops.one_hot(ops.argmax(probs, axis=-1), probs.shape[-1]) * weights
+        votes = ops.reshape(votes, (-1, n, probs.shape[-1]))
+        shares = ops.sum(votes, axis=1) / ops.sum(votes, axis=(1, 2))[:, None]
+        return z, ops.reshape(weights, (-1, n)), ops.reshape(ops.argmax(probs, -1), (-1, n)), shares
+
+    def vote(self, logits_fn, x):
+        """The shell's output: confidence-weighted vote shares, `(batch, num_classes)`."""
+        return self._samples(logits_fn, x)[3]
+
+    def find(self, logits_fn, x):
+        z, weights, labels, shares = self._samples(logits_fn, x)
+        winner = ops.argmax(shares, axis=-1)
+        for_winner = ops.where(ops.equal(labels, winner[:, None]), weights, -1.0)
+        chosen = _pick(z, ops.argmax(for_winner, axis=1), self.num_samples)
+        reached = ops.ones_like(winner, dtype="bool")
+        return chosen, winner, ops.max(shares, axis=-1), reached
+
+
+def _rows(mask, like):
+    """A per-example mask shaped to broadcast against the batch `like`."""
+    return ops.reshape(mask, (-1,) + (1,) * (len(like.shape) - 1))
+
+
+def _log_confidence(logits_fn, z, classes):
+    """log F(z)_t per row, t = `classes`."""
+    log_probs = ops.log_softmax(logits_fn(z), axis=-1)
+    return ops.take_along_axis(log_probs, ops.expand_dims(classes, 1), axis=1)[:, 0]
+
+
+def _smooth_distance(z, x, norm):
+    """‖z − x‖ per row; the L2 norm is smoothed at z = x, where its gradient is 0/0."""
+    flat = ops.reshape(z - x, (ops.shape(z)[0], -1))
+    if norm == "l2":
+        return ops.sqrt(ops.sum(ops.square(flat), axis=1) + 1e-12)
+    if norm == "linf":
+        return ops.max(ops.abs(flat), axis=1)
+    return ops.sum(ops.abs(flat), axis=1)
+
+
+def _adam(fn, z, num_steps, step_size, bounds, active=None):
+    """Minimises the per-row objective `fn` by Adam from `z`, within `bounds`; rows where
+    `active` is False do not move."""
+    low, high = bounds
+    scale = 1.0 if active is None else ops.cast(_rows(active, z), z.dtype)
+
+    def step(k, state):
+        z, m, v = state
+        _, _, grad = value_and_grad(lambda u: (fn(u), None), z)
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * ops.square(grad)
+        t = ops.cast(k + 1, z.dtype)
+        update = (m / (1 - 0.9**t)) / (ops.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        return ops.clip(z - step_size * scale * update, low, high), m, v
+
+    return ops.fori_loop(0, num_steps, step, (z, ops.zeros_like(z), ops.zeros_like(z)))[0]
