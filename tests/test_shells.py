@@ -233,3 +233,24 @@ def test_search_rejects_inputs_outside_bounds(linear):
     model, _, _, x = linear
     with pytest.raises(ValueError, match="`x` must lie within bounds"):
         ModelShell(model, MCN(0.1)).search(x + 1.0)
+
+
+def test_plots_draw_the_search(linear):
+    from manidefense.visualization import plot_confidence_shift, plot_shell_search
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 8, 8, 1))
+    x_adv, z = np.clip(x + 0.05, 0, 1), np.clip(x - 0.05, 0, 1)
+    predictions = {"clean": [1, 2, 3], "adversarial": [0, 0, 0], "shell": [1, 2, 0]}
+    confidences = {"clean": [0.9, 0.8, 0.7], "adversarial": [0.4, 0.5, 0.6],
+                   "shell": [0.95, 0.9, 0.8]}
+    grid = plot_shell_search(x, x_adv, z, predictions, confidences, labels=[1, 2, 3],
+                             num_examples=2)
+    assert grid.shape == (2, 4)
+    assert grid[1, 2].get_title() == "shell: 2 90%" and "true 2" in grid[1, 0].get_title()
+    ax = plot_confidence_shift([0.4, 0.5, 0.6], [0.95, 0.9, 0.8])
+    assert "mean 0.50" in ax.get_legend().get_texts()[0].get_text()
+    with pytest.raises(ValueError, match="`predictions` must be a dict"):
+        plot_shell_search(x, x_adv, z, {"clean": [1]}, confidences)
+    with pytest.raises(ValueError, match="same length"):
+        plot_confidence_shift([0.1], [0.2, 0.3])

@@ -8,7 +8,8 @@ from manidefense.visualization.rbf import (
     plot_reconstructions,
 )
 from manidefense.visualization.robustness import plot_attack_bars, plot_security_curve
+from manidefense.visualization.shells import plot_confidence_shift, plot_shell_search
 
 __all__ = ["plot_adversarial_grid", "plot_attack_bars", "plot_beta2_tradeoff",
-           "plot_certified_accuracy", "plot_rbf_filters", "plot_reconstructions",
-           "plot_security_curve"]
+           "plot_certified_accuracy", "plot_confidence_shift", "plot_rbf_filters",
+           "plot_reconstructions", "plot_security_curve", "plot_shell_search"]
