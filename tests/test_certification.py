@@ -229,9 +229,12 @@ def test_training_call_perturbs_the_input_with_fresh_noise():
 
 
 SCRIPT = """
-import sys, numpy as np, keras
+import sys, warnings, numpy as np, keras
 import manidefense  # registers SmoothedClassifier
-model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+assert not [w for w in caught if "build" in str(w.message)], [str(w.message) for w in caught]
 classes, radii = model.certify(np.load(sys.argv[2]), 20, 200)
 np.save(sys.argv[3], np.stack([classes.astype(float), radii]))
 print(type(model).__name__, model.sigma, model.seed)

@@ -186,9 +186,12 @@ def test_shell_declares_a_straight_through_surrogate(trained_model, data):
 
 
 SCRIPT = """
-import sys, numpy as np, keras
+import sys, warnings, numpy as np, keras
 import manidefense
-shell = keras.saving.load_model(sys.argv[1], safe_mode=True)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    shell = keras.saving.load_model(sys.argv[1], safe_mode=True)
+assert not [w for w in caught if "build" in str(w.message)], [str(w.message) for w in caught]
 np.save(sys.argv[3], shell.predict(np.load(sys.argv[2]), verbose=0))
 print(repr(shell.search_factor))
 """

@@ -57,7 +57,9 @@ class SmoothedClassifier(keras.Model):
 
     Args:
         base_model: a Keras classifier returning `(batch, num_classes)` logits or
-            probabilities (only its top class is used for votes).
+            probabilities (only its top class is used for votes). For `fit`, compile with a
+            loss that matches its outputs (`from_logits=False` for a model ending in
+            probabilities, such as `rbf_defense`).
         num_classes: number of classes of `base_model`.
         sigma: noise standard deviation σ, in the units of `bounds`.
         num_samples: draws per example in `call` (not used by `predict`/`certify`).
@@ -81,6 +83,7 @@ class SmoothedClassifier(keras.Model):
             raise ValueError("Argument `base_model` must be a Keras classifier. "
                              f"Received: base_model={base_model!r}")
         self.base_model = base_model
+        self.built = bool(getattr(base_model, "built", False))  # its weights are all there are
         self.num_classes = check_positive_int("num_classes", num_classes)
         if self.num_classes < 2:
             raise ValueError("Argument `num_classes` must be >= 2. "
@@ -299,6 +302,10 @@ class SmoothedClassifier(keras.Model):
         seed = self.seed if self.seed is not None else python_random.randint(1, 2**31 - 1)
         state = self._count_generator.state
         state.assign(ops.convert_to_tensor([seed, 0], dtype=state.dtype))
+
+    def build_from_config(self, config):
+        """Nothing to build: the sub-models restored by `from_config` hold every weight."""
+        self.built = True
 
     # === Configuration ===
 

@@ -43,6 +43,7 @@ class ModelShell(keras.Model):
             raise ValueError("Argument `search` must be a search factor such as MCN(delta=0.1). "
                              f"Received: search={search!r}")
         self.base_model = base_model
+        self.built = bool(getattr(base_model, "built", False))  # its weights are all there are
         self.search_factor = search
         self.base_output = check_choice("output", output, OUTPUTS)
         object.__setattr__(self, "_logits_fn", logits_function(base_model, output))
@@ -92,6 +93,10 @@ class ModelShell(keras.Model):
                  for i in range(0, len(x), batch_size)]
         return tuple(np.concatenate([ops.convert_to_numpy(p[k]) for p in parts])
                      for k in range(4))
+
+    def build_from_config(self, config):
+        """Nothing to build: the sub-models restored by `from_config` hold every weight."""
+        self.built = True
 
     def compute_output_shape(self, input_shape):
         return self.base_model.compute_output_shape(input_shape)
