@@ -43,7 +43,7 @@ def plot_shell_search(x, x_adv, z, predictions, confidences, labels=None, class_
             raise ValueError(f"Argument `{name}` must be a dict with keys {keys}. "
                              f"Received: {sorted(value) if isinstance(value, dict) else value!r}")
     rows = min(int(num_examples), len(x))
-    grid = _grid_axes("axes", axes, rows, 4, (5.6, 1.6 * rows))
+    grid = _grid_axes("axes", axes, rows, 4, (9.0, 2.3 * rows))
 
     def name_of(label):
         return str(class_names[int(label)]) if class_names is not None else str(int(label))
