@@ -9,8 +9,8 @@ weights: only speed is measured, and the cost does not depend on the votes), σ 
 1. `sample_counts(x, n, batch_size)` for a few (examples, n, batch) settings: one example with
    many draws (the library loops over noise batches inside one compiled `tf.while_loop`),
    many examples with few draws (it packs several examples into one base-model call), and an
-   `n` that is not a multiple of `batch_size` (the last round of the loop draws a whole batch
-   and discards the surplus; the "drawn" column counts it).
+   `n` that is not a multiple of `batch_size` (the library splits n into equal rounds, so at
+   most rounds − 1 draws per example are surplus; the "drawn" column counts them).
 2. `certify(x, 100, n)` end to end on 20 examples (input checks, selection, estimation,
    Clopper–Pearson bound, radius).
 3. The floor alone at batch sizes 100, 250 and 1,000: the base model's cost per image
@@ -93,9 +93,10 @@ def clocked(fn):
 
 
 def library_drawn(examples, n, batch):
-    """Noisy images `SmoothedClassifier.sample_counts` classifies (whole rounds of `chunk`)."""
-    chunk = min(n, batch)
-    return examples * -(-n // chunk) * chunk
+    """Noisy images `SmoothedClassifier.sample_counts` classifies (equal rounds of `chunk`)."""
+    rounds = -(-n // min(n, batch))
+    chunk = -(-n // rounds)
+    return examples * rounds * chunk
 
 
 class Bench:
@@ -308,8 +309,7 @@ def interpretation(result):
     for g, r in uneven:
         extra = g["drawn"] / g["needed"]
         text += (f" In {g['label']} the library classifies {g['drawn']:,} images for "
-                 f"{g['needed']:,} votes ({extra:.2f}×: its last round draws a whole batch of "
-                 f"{min(g['batch'], g['n']):,} copies per example and discards the surplus); "
+                 f"{g['needed']:,} votes ({extra:.2f}×: the surplus of its equal rounds); "
                  f"per image classified it costs {r / extra:.2f}× the floor.")
     speedups = [s for _, _, peers in rows for _, (_, s) in peers[:1]]
     if speedups:
