@@ -355,6 +355,17 @@ def format_certification(summary):
     return "\n".join(lines)
 
 
+def _guarded(command, run, args):
+    """`run(args)`, or None after printing a bad-argument or missing-data error."""
+    from manidefense.datasets import DatasetNotFoundError
+
+    try:
+        return run(args)
+    except (DatasetNotFoundError, ValueError) as err:
+        print(f"manidefense {command}: {err}", file=sys.stderr)
+        return None
+
+
 def main(argv=None):
     """Entry point of the `manidefense` console script."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -385,22 +396,14 @@ def main(argv=None):
                  if k in results["files"]]
         print(f"\nWrote {', '.join(files)}")
     elif args.command == "evaluate":
-        from manidefense.datasets import DatasetNotFoundError
-
-        try:
-            report = run_evaluate(args)
-        except (DatasetNotFoundError, ValueError) as err:
-            print(f"manidefense evaluate: {err}", file=sys.stderr)
+        report = _guarded("evaluate", run_evaluate, args)
+        if report is None:
             return 2
         print(report.to_markdown())
         print(f"Wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
     elif args.command == "certify":
-        from manidefense.datasets import DatasetNotFoundError
-
-        try:
-            summary = run_certify(args)
-        except (DatasetNotFoundError, ValueError) as err:
-            print(f"manidefense certify: {err}", file=sys.stderr)
+        summary = _guarded("certify", run_certify, args)
+        if summary is None:
             return 2
         print(format_certification(summary))
         print(f"Wrote {args.out}")

@@ -48,9 +48,10 @@ def _pick(z, index, num_classes):
     return ops.take(z, rows, axis=0)
 
 
-def _class_probabilities(logits, classes):
-    probs = ops.softmax(logits, axis=-1)
-    return ops.sum(probs * ops.one_hot(classes, ops.shape(logits)[-1]), axis=-1)
+def _answer(logits_fn, chosen, reached):
+    """The search factor's result: the points, F's class and confidence there, `reached`."""
+    probs = ops.softmax(logits_fn(chosen), axis=-1)
+    return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
 
 
 class SearchFactor:
@@ -122,12 +123,10 @@ class MCN(SearchFactor):
                            loss="ce" if self.method == "pgd" else "margin",
                            bounds=self.bounds, keep_best=True)
         # Algorithm 1, line 4: the class whose search reached the highest confidence in it.
-        confidence = _per_example(_class_probabilities(logits_fn(z), classes), num_classes)
+        confidence = _per_example(ops.exp(_log_confidence(logits_fn, z, classes)), num_classes)
         best = ops.argmax(confidence, axis=1)
         chosen = _pick(z, best, num_classes)
-        probs = ops.softmax(logits_fn(chosen), axis=-1)
-        reached = ops.ones_like(best, dtype="bool")
-        return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
+        return _answer(logits_fn, chosen, ops.ones_like(best, dtype="bool"))
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
@@ -184,9 +183,7 @@ class NCN(SearchFactor):
         distance = _per_example(distance, num_classes)
         reached = ops.any(_per_example(feasible, num_classes), axis=1)
         chosen = _pick(z, ops.argmin(distance, axis=1), num_classes)
-        chosen = ops.where(_rows(reached, x), chosen, x)
-        probs = ops.softmax(logits_fn(chosen), axis=-1)
-        return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
+        return _answer(logits_fn, ops.where(_rows(reached, x), chosen, x), reached)
 
     def _solve(self, logits_fn, x, classes):
         log_p = float(np.log(self.confidence))
@@ -255,9 +252,7 @@ class UnifiedSearch(SearchFactor):
         z = _adam(objective, tiled, self.num_steps, self.step_size, self.bounds)
         best = ops.argmin(_per_example(objective(z), num_classes), axis=1)
         chosen = _pick(z, best, num_classes)
-        probs = ops.softmax(logits_fn(chosen), axis=-1)
-        reached = ops.ones_like(best, dtype="bool")
-        return chosen, ops.argmax(probs, axis=-1), ops.max(probs, axis=-1), reached
+        return _answer(logits_fn, chosen, ops.ones_like(best, dtype="bool"))
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
@@ -333,13 +328,12 @@ def _log_confidence(logits_fn, z, classes):
 
 
 def _smooth_distance(z, x, norm):
-    """‖z − x‖ per row; the L2 norm is smoothed at z = x, where its gradient is 0/0."""
+    """‖z − x‖ per row (`norms.distance`), the L2 norm smoothed at z = x, where its gradient
+    is 0/0."""
+    if norm != "l2":
+        return norms.distance(x, z, norm)
     flat = ops.reshape(z - x, (ops.shape(z)[0], -1))
-    if norm == "l2":
-        return ops.sqrt(ops.sum(ops.square(flat), axis=1) + 1e-12)
-    if norm == "linf":
-        return ops.max(ops.abs(flat), axis=1)
-    return ops.sum(ops.abs(flat), axis=1)
+    return ops.sqrt(ops.sum(ops.square(flat), axis=1) + 1e-12)
 
 
 def _adam(fn, z, num_steps, step_size, bounds, active=None):
