@@ -12,10 +12,11 @@ from manidefense import (  # noqa: E402
     manifold,
     shells,
     stats,
+    training,
     validation,
     visualization,
     zoo,
 )
 
 __all__ = ["attacks", "certification", "datasets", "evaluation", "layers", "manifold", "shells",
-           "stats", "validation", "visualization", "zoo", "__version__"]
+           "stats", "training", "validation", "visualization", "zoo", "__version__"]

@@ -7,6 +7,7 @@ from manidefense.attacks.base import Attack
 from manidefense.attacks.carlini_wagner import CarliniWagnerL2, CarliniWagnerLinf
 from manidefense.attacks.ead import EAD
 from manidefense.attacks.fgsm import FGSM
+from manidefense.attacks.latent import LatentPGD
 from manidefense.attacks.mifgsm import MIFGSM
 from manidefense.attacks.noise import UniformNoise
 from manidefense.attacks.pgd import PGD, projected_gradient_descent
@@ -15,5 +16,5 @@ from manidefense.attacks.square import Square
 from manidefense.attacks.wrappers import RunnerUpTargets, Transfer
 
 __all__ = ["APGD", "Attack", "BPDA", "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "EoT", "FGSM",
-           "MIFGSM", "PGD", "RunnerUpTargets", "SPSA", "Square", "Transfer", "UniformNoise",
-           "adaptive_model", "norms", "objectives", "projected_gradient_descent"]
+           "LatentPGD", "MIFGSM", "PGD", "RunnerUpTargets", "SPSA", "Square", "Transfer",
+           "UniformNoise", "adaptive_model", "norms", "objectives", "projected_gradient_descent"]

@@ -72,6 +72,8 @@ class Attack:
     # Whether the attack reads the model's gradients (the evaluation orders and audits
     # gradient-based and gradient-free attacks differently).
     uses_gradients = True
+    # What the attack perturbs, for error messages ("w" for latent attacks).
+    _input_name = "x"
 
     def __init__(self, *, bounds=(0.0, 1.0), batch_size=256, num_restarts=1, loss="ce",
                  seed=None, verbose=False, jit_compile="auto", output="auto"):
@@ -110,7 +112,7 @@ class Attack:
             Adversarial inputs, same shape, dtype and array type (numpy or tensor) as `x`.
         """
         is_numpy = isinstance(x, np.ndarray)
-        x_np = check_images(x, self.bounds)
+        x_np = check_images(x, self.bounds, self._input_name)
         y_np = check_labels(y, x_np.shape[0], "y")
         t_np = None if target is None else check_labels(target, x_np.shape[0], "target")
         num_classes, kind = self._probe(model, x_np[: min(len(x_np), 8)])
@@ -143,6 +145,10 @@ class Attack:
             )
         return int(outputs.shape[-1]), output_kind(model, outputs, self.output)
 
+    def _logits_function(self, model):
+        """`inputs -> float32 logits` of the model under attack (latent attacks decode first)."""
+        return logits_function(model, self.output)
+
     def _reset_seed(self):
         # seed=None follows Python's global RNG, as Keras does, so set_random_seed applies.
         seed = self.seed if self.seed is not None else python_random.randint(1, 2**31 - 1)
@@ -157,7 +163,7 @@ class Attack:
         cached = self._graphs.get(key)
         if cached is not None and cached[0]() is model:
             return cached[1]
-        logits_fn = logits_function(model, self.output)
+        logits_fn = self._logits_function(model)
 
         def run(x, labels, target=None):
             x_adv = self._attack_batch(logits_fn, x, labels, target)

@@ -72,7 +72,8 @@ def objective(loss, logits, labels, target=None):
     """The per-example value an attack maximises.
 
     Args:
-        loss: `"ce"`, `"margin"` or `"dlr"`.
+        loss: `"ce"`, `"margin"` or `"dlr"`, or a callable `(logits, labels, target) ->
+            (batch,)` values (e.g. TRADES' KL divergence to the clean prediction).
         logits: `(batch, num_classes)` logits (or log-probabilities).
         labels: true integer labels, used when `target` is None.
         target: integer target labels, or None for an untargeted attack. With
@@ -81,6 +82,8 @@ def objective(loss, logits, labels, target=None):
     Returns:
         A `(batch,)` tensor; larger is more adversarial.
     """
+    if callable(loss):
+        return loss(logits, labels, target)
     fn = _FUNCTIONS[check_choice("loss", loss, LOSSES)]
     _check_num_classes(loss, logits, target)
     if target is None:

@@ -1,0 +1,6 @@
+"""Training procedures written as `train_step`s, so `fit`, callbacks, `tf.data` and
+`tf.distribute` work unchanged."""
+
+from manidefense.training.dual_manifold import DualManifoldTrainer
+
+__all__ = ["DualManifoldTrainer"]
