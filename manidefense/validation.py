@@ -74,18 +74,18 @@ def check_choice(name, value, choices):
     return value
 
 
-def check_bounds(bounds):
+def check_bounds(bounds, name="bounds"):
     """Checks `bounds=(low, high)` with finite low < high; returns a tuple of floats."""
     try:
         low, high = (float(b) for b in bounds)
     except (TypeError, ValueError):
         raise ValueError(
-            f"Argument `bounds` must be a pair (low, high) of numbers. Received: bounds={bounds!r}"
+            f"Argument `{name}` must be a pair (low, high) of numbers. Received: {name}={bounds!r}"
         ) from None
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(
-            "Argument `bounds` must be finite with low < high. "
-            f"Received: bounds={bounds!r}"
+            f"Argument `{name}` must be finite with low < high. "
+            f"Received: {name}={bounds!r}"
         )
     return (low, high)
 

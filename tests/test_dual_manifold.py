@@ -272,6 +272,21 @@ def test_config_round_trip_and_classifier_saves(world, tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(loaded(x[:8]).numpy(), trainer.classifier(x[:8]).numpy(),
                                atol=1e-6)
+    # The whole trainer, generator included, in a fresh process.
+    trainer.save(tmp_path / "trainer.keras")
+    np.save(tmp_path / "w.npy", w[:8])
+    script = textwrap.dedent(f"""
+        import keras, numpy as np, manidefense
+        t = keras.saving.load_model({str(tmp_path / "trainer.keras")!r})
+        w = np.load({str(tmp_path / "w.npy")!r})
+        assert t.generator is t.latent_attack.decoder and t.objective == "trades"
+        np.save({str(tmp_path / "out.npy")!r}, t(t.generator(w)).numpy())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), trainer(decoder(w[:8])).numpy(),
+                               atol=1e-5)
 
 
 def test_only_the_classifier_trains(world):

@@ -17,7 +17,7 @@ from keras import ops
 
 from manidefense.attacks.gradients import logits_function
 from manidefense.attacks.pgd import PGD
-from manidefense.validation import check_bounds
+from manidefense.validation import check_bounds, check_non_negative
 
 _UNBOUNDED = (-math.inf, math.inf)
 
@@ -65,10 +65,12 @@ class LatentPGD(PGD):
                 "Argument `decoder` must be a Keras model or callable mapping latents to "
                 f"images. Received: decoder={decoder!r}"
             )
+        eta = check_non_negative("eta", eta)
         super().__init__(eps=eta, norm=norm, step_size=step_size, num_steps=num_steps,
                          random_start=random_start, l1_sparsity=l1_sparsity, **kwargs)
         self.decoder = decoder
-        self.latent_bounds = None if latent_bounds is None else check_bounds(latent_bounds)
+        self.latent_bounds = (None if latent_bounds is None
+                              else check_bounds(latent_bounds, "latent_bounds"))
         self.bounds = self.latent_bounds or _UNBOUNDED
 
     @property
@@ -110,7 +112,8 @@ class LatentPGD(PGD):
 
     def __repr__(self):
         config = self.get_config()
-        config["decoder"] = getattr(self.decoder, "name", type(self.decoder).__name__)
+        config["decoder"] = (getattr(self.decoder, "name", None)
+                             or getattr(self.decoder, "__name__", type(self.decoder).__name__))
         args = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"LatentPGD({args})"
 

@@ -72,7 +72,8 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
         perceptual_weight: weight of the perceptual term.
         num_steps: Adam steps per batch (DMAT: 1000 on StyleGAN; small decoders need fewer).
         learning_rate: peak Adam learning rate.
-        warmup, rampdown: fractions of the steps for the linear warm-up and the cosine ramp-down.
+        warmup, rampdown: fractions of the steps for the linear warm-up and the cosine
+            ramp-down (0 turns either off).
         batch_size: images optimised together (each keeps its own Adam state and best iterate).
         verbose: show a progress bar over batches.
 
@@ -88,8 +89,8 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
     learning_rate = check_positive("learning_rate", learning_rate)
     l1_weight = check_non_negative("l1_weight", l1_weight)
     perceptual_weight = check_non_negative("perceptual_weight", perceptual_weight)
-    warmup = check_fraction("warmup", warmup)
-    rampdown = check_fraction("rampdown", rampdown)
+    warmup = _check_schedule_fraction("warmup", warmup)
+    rampdown = _check_schedule_fraction("rampdown", rampdown)
     batch_size = check_positive_int("batch_size", batch_size)
     if not callable(perceptual):
         perceptual = check_choice("perceptual", perceptual, ("ssim", None))
@@ -104,13 +105,15 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
         distance_fn = _distance_function(l1_weight, perceptual, perceptual_weight)
         schedule = _schedule(learning_rate, num_steps, warmup, rampdown)
 
+        decoder_ref = _weak(decoder)  # the cache must not keep the decoder alive
+
         def optimise(w, target):
-            return _adam_projection(decoder, distance_fn, w, target, num_steps, schedule)
+            return _adam_projection(decoder_ref(), distance_fn, w, target, num_steps, schedule)
 
         # A batch dimension of None: the last, smaller batch reuses the graph.
         signature = [tf.TensorSpec((None, *w0.shape[1:]), tf.float32),
                      tf.TensorSpec((None, *x.shape[1:]), tf.float32)]
-        run = (_weak(decoder), tf.function(optimise, input_signature=signature))
+        run = (decoder_ref, tf.function(optimise, input_signature=signature))
         _compiled[key] = run
     run = run[1]
 
@@ -125,6 +128,11 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
             bar.add(len(target))
     return Projection(*(np.concatenate(v).astype(np.float32) for v in
                         (latents, images, distances, l1)))
+
+
+def _check_schedule_fraction(name, value):
+    """A fraction of the steps in [0, 1): 0 turns the warm-up or ramp-down off."""
+    return 0.0 if value == 0 else check_fraction(name, value, 0.0, 1.0)
 
 
 # One compiled loop per decoder and setting, so repeated calls do not retrace.
