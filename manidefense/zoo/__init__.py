@@ -1,5 +1,6 @@
-"""Reference architectures: small classifiers now; generators arrive with their defenses."""
+"""Reference architectures: small classifiers and the generators the manifold defenses use."""
 
 from manidefense.zoo.classifiers import small_cnn
+from manidefense.zoo.generators import DCGAN, VAE
 
-__all__ = ["small_cnn"]
+__all__ = ["DCGAN", "VAE", "small_cnn"]
