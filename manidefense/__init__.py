@@ -12,6 +12,7 @@ from manidefense import (  # noqa: E402
     manifold,
     shells,
     stats,
+    theory,
     training,
     validation,
     visualization,
@@ -19,4 +20,4 @@ from manidefense import (  # noqa: E402
 )
 
 __all__ = ["attacks", "certification", "datasets", "evaluation", "layers", "manifold", "shells",
-           "stats", "training", "validation", "visualization", "zoo", "__version__"]
+           "stats", "theory", "training", "validation", "visualization", "zoo", "__version__"]
