@@ -80,7 +80,11 @@ class LatentPGD(PGD):
     def _logits_function(self, model):
         classify = logits_function(model, self.output)
         decoder = self.decoder
-        return lambda w: classify(_decode(decoder, w))
+
+        def decoded_logits(w):
+            return classify(_decode(decoder, w))
+
+        return decoded_logits
 
     def _probe(self, model, w_sample):
         images = _decode(self.decoder, ops.convert_to_tensor(w_sample, "float32"))
