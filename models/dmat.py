@@ -46,7 +46,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -54,6 +53,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import _common  # noqa: E402 - models/_common.py, next to this script
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
@@ -466,22 +466,9 @@ def from_scratch(payload):
 
 
 def sign_test(a, b):
-    """Two-sided exact sign test (McNemar) on paired booleans: p-value and the discordant
-    counts (only a correct, only b correct)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
-    m, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    """Two-sided exact sign test on paired booleans (see `_common.sign_test`)."""
+    p, only_a, only_b = _common.sign_test(a, b)
     return {"p": p, "only_a": only_a, "only_b": only_b}
-
-
-def versus(a, b):
-    """Compares two rates by their 95 % intervals."""
-    if a["ci"][0] > b["ci"][1]:
-        return "significantly above"
-    if a["ci"][1] < b["ci"][0]:
-        return "significantly below"
-    return "statistically indistinguishable from"
 
 
 def pct(item):
