@@ -9,7 +9,6 @@ write `_attack_batch`, a graph-safe function of one batch.
 
 import inspect
 import random as python_random
-import weakref
 
 import keras
 import numpy as np
@@ -17,7 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from manidefense.attacks import norms
-from manidefense.attacks.gradients import OUTPUTS, logits_function, output_kind
+from manidefense.attacks.gradients import OUTPUTS, logits_function, output_kind, weak_reference
 from manidefense.attacks.objectives import is_successful, objective
 from manidefense.validation import (
     check_bounds,
@@ -180,11 +179,7 @@ class Attack:
             signature.append(tf.TensorSpec((None,), tf.int64))
         compiled = tf.function(run, jit_compile=resolve_jit_compile(self.jit_compile),
                                input_signature=signature)
-        try:
-            ref = weakref.ref(model)
-        except TypeError:
-            ref = lambda: model  # noqa: E731 - a strong reference for non-weakrefable callables
-        self._graphs[key] = (ref, compiled)
+        self._graphs[key] = (weak_reference(model), compiled)
         return compiled
 
     def _constrain(self, x, x_adv):

@@ -63,6 +63,23 @@ def _strip_softmax(model):
     return stripped
 
 
+def inference(model, inputs):
+    """Calls a model in inference mode: Keras layers with `training=False`, plain callables as
+    they are (decoders, encoders and classifiers the attacks and projections run)."""
+    if isinstance(model, keras.layers.Layer):
+        return model(inputs, training=False)
+    return model(inputs)
+
+
+def weak_reference(obj):
+    """A weak reference to `obj` for caches keyed by model, or a strong one when `obj` cannot
+    be weakly referenced (some plain callables)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
 def as_logits(outputs, output="auto"):
     """Maps model outputs to logits: probabilities become log-probabilities."""
     outputs = ops.cast(outputs, "float32")

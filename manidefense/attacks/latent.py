@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from manidefense.attacks.gradients import logits_function
+from manidefense.attacks.gradients import inference, logits_function
 from manidefense.attacks.pgd import PGD
 from manidefense.validation import check_bounds, check_non_negative
 
@@ -123,8 +123,4 @@ class LatentPGD(PGD):
 
 
 def _decode(decoder, w):
-    if isinstance(decoder, keras.layers.Layer):
-        images = decoder(w, training=False)
-    else:
-        images = decoder(w)
-    return ops.cast(images, "float32")
+    return ops.cast(inference(decoder, w), "float32")

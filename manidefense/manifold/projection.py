@@ -18,13 +18,13 @@ Reference:
 
 import dataclasses
 import math
-import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from manidefense.attacks.gradients import inference, weak_reference
 from manidefense.validation import (
     check_choice,
     check_fraction,
@@ -105,7 +105,7 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
         distance_fn = _distance_function(l1_weight, perceptual, perceptual_weight)
         schedule = _schedule(learning_rate, num_steps, warmup, rampdown)
 
-        decoder_ref = _weak(decoder)  # the cache must not keep the decoder alive
+        decoder_ref = weak_reference(decoder)  # the cache must not keep the decoder alive
 
         def optimise(w, target):
             return _adam_projection(decoder_ref(), distance_fn, w, target, num_steps, schedule)
@@ -139,13 +139,6 @@ def _check_schedule_fraction(name, value):
 _compiled = {}
 
 
-def _weak(obj):
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return lambda: obj
-
-
 def _initial_latents(decoder, x, encoder, initial_latents, mean_latent, batch_size):
     if initial_latents is not None:
         w0 = np.asarray(initial_latents, dtype=np.float32)
@@ -157,7 +150,7 @@ def _initial_latents(decoder, x, encoder, initial_latents, mean_latent, batch_si
     elif encoder is not None:
         parts = []
         for start in range(0, len(x), batch_size):
-            out = _call(encoder, ops.convert_to_tensor(x[start:start + batch_size]))
+            out = inference(encoder, ops.convert_to_tensor(x[start:start + batch_size]))
             parts.append(ops.convert_to_numpy(out[0] if isinstance(out, (list, tuple)) else out))
         w0 = np.concatenate(parts).astype(np.float32)
     else:
@@ -185,18 +178,12 @@ def _latent_shape(decoder):
 
 
 def _check_decoder(decoder, w, image_shape):
-    out = _call(decoder, ops.convert_to_tensor(w))
+    out = inference(decoder, ops.convert_to_tensor(w))
     if tuple(out.shape[1:]) != tuple(image_shape):
         raise ValueError(
             f"Argument `decoder` must produce images shaped like `x` {tuple(image_shape)}. "
             f"Received: decoder output shape {tuple(out.shape[1:])}"
         )
-
-
-def _call(model, inputs):
-    if isinstance(model, keras.layers.Layer):
-        return model(inputs, training=False)
-    return model(inputs)
 
 
 def _distance_function(l1_weight, perceptual, perceptual_weight):
@@ -235,7 +222,7 @@ def _adam_projection(decoder, distance_fn, w0, target, num_steps, schedule,
     summed distances is a batch of independent ones.
     """
     def evaluate(w):
-        images = ops.cast(_call(decoder, w), "float32")
+        images = ops.cast(inference(decoder, w), "float32")
         d, l1 = distance_fn(images, target)
         return images, d, l1
 

@@ -293,7 +293,7 @@ class DualManifoldTrainer(keras.Model):
         return loss
 
     def test_step(self, data):
-        x, _, y = self._unpack_test(data)
+        x, y = self._images(data)
         logits = self._logits(x, training=False)
         loss = ops.mean(_ce(logits, y))
         self._trackers["loss"].update_state(loss)
@@ -301,17 +301,15 @@ class DualManifoldTrainer(keras.Model):
         self._trackers["accuracy"].update_state(_correct(logits, y))
         return {name: self._trackers[name].result() for name in ("loss", "accuracy")}
 
-    def _unpack_test(self, data):
+    def _images(self, data):
+        """`(x, y)` of a batch for evaluation and prediction: the latents are not needed."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, (tuple, list)):
             x = x[0]
-        return ops.cast(x, "float32"), None, ops.cast(y, "int64")
+        return ops.cast(x, "float32"), None if y is None else ops.cast(y, "int64")
 
     def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if isinstance(x, (tuple, list)):
-            x = x[0]
-        return self.classifier(x, training=False)
+        return self.classifier(self._images(data)[0], training=False)
 
 
 def _excluding(variables, exclude):
