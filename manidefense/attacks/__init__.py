@@ -13,8 +13,19 @@ from manidefense.attacks.noise import UniformNoise
 from manidefense.attacks.pgd import PGD, projected_gradient_descent
 from manidefense.attacks.spsa import SPSA
 from manidefense.attacks.square import Square
+from manidefense.attacks.unforeseen import (
+    JPEG,
+    Elastic,
+    Fog,
+    Gabor,
+    Snow,
+    Spatial,
+    StAdv,
+    corrupt,
+)
 from manidefense.attacks.wrappers import RunnerUpTargets, Transfer
 
-__all__ = ["APGD", "Attack", "BPDA", "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "EoT", "FGSM",
-           "LatentPGD", "MIFGSM", "PGD", "RunnerUpTargets", "SPSA", "Square", "Transfer",
-           "UniformNoise", "adaptive_model", "norms", "objectives", "projected_gradient_descent"]
+__all__ = ["APGD", "Attack", "BPDA", "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "Elastic",
+           "EoT", "FGSM", "Fog", "Gabor", "JPEG", "LatentPGD", "MIFGSM", "PGD", "RunnerUpTargets",
+           "SPSA", "Snow", "Spatial", "Square", "StAdv", "Transfer", "UniformNoise",
+           "adaptive_model", "corrupt", "norms", "objectives", "projected_gradient_descent"]

@@ -148,6 +148,17 @@ def ascent_step(grad, x, size, norm, bounds, l1_sparsity=0.99):
     return ops.reshape(step, ops.shape(grad))
 
 
+def l1_vertex(grad, x, eps, bounds):
+    """Frank–Wolfe's vertex: `argmax <g, delta>` over `||delta||_1 <= eps`, `x + delta` in the box.
+
+    Coordinates are filled by decreasing |gradient|, each all the way to the box in the
+    gradient's sign, until the L1 budget is spent (the last one takes the remainder); the
+    exact linear maximiser, as in Kang et al.'s Frank–Wolfe L1 attack. Returns `delta`.
+    """
+    step = _l1_box_step(_flat(grad), _flat(x), eps, bounds, 1.0)
+    return ops.reshape(step, ops.shape(grad))
+
+
 def mask_saturated(grad, x, bounds):
     """Zeroes gradient coordinates that point out of the box at a saturated coordinate.
 

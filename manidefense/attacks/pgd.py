@@ -14,6 +14,7 @@ from manidefense.attacks.base import Attack, better, select
 from manidefense.attacks.gradients import logits_function, value_and_grad
 from manidefense.attacks.objectives import is_successful, objective
 from manidefense.validation import (
+    check_choice,
     check_fraction,
     check_non_negative,
     check_norm,
@@ -27,9 +28,13 @@ def default_step_size(eps, num_steps):
     return 2.5 * eps / num_steps
 
 
+METHODS = ("pgd", "frank_wolfe")
+
+
 def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_steps,
              random_start=True, loss="ce", bounds=(0.0, 1.0), momentum=0.0,
-             l1_sparsity=0.99, keep_best=True, seed=None):
+             l1_sparsity=0.99, keep_best=True, seed=None, method="pgd", initial=None,
+             constraint=None, penalty=None):
     """The PGD iteration on a float32 batch, graph-safe; returns `(x_adv, loss, success)`.
 
     Each step: value and gradient of the objective; optionally a momentum average of
@@ -38,16 +43,41 @@ def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_ste
     onto the eps-ball; clipping to `bounds`. With `keep_best`, the most damaging iterate seen
     (success first, then loss) is returned instead of the last one: free, because every
     iterate's loss is computed anyway.
+
+    The same loop optimises any hidden variable, not only pixels (latent codes, the
+    unforeseen attacks' fog, snow and flow parameters): `x` is then the centre of the
+    variable's eps-ball and `bounds` its box, and three hooks cover the rest.
+
+    Args:
+        method: `"pgd"`, or `"frank_wolfe"` (L1 only; Kang et al.'s attack): each step moves
+            a fraction `1 / (t + 2)` of the way to the vertex of the L1 ball ∩ box that
+            maximises the linearised objective (`norms.l1_vertex`); `step_size` is unused and
+            no projection is needed, since every iterate is a convex combination of feasible
+            points.
+        initial: a starting point (instead of `x` or a random start), e.g. sparse impulses.
+        constraint: `z -> z`, applied after every projection (e.g. a density budget or a
+            fixed sparsity mask); it must keep `z` feasible.
+        penalty: `z -> (batch,)` values subtracted from the objective (e.g. StAdv's flow
+            smoothness); ranking of iterates uses the penalised value.
     """
     x = ops.cast(x, "float32")
     batch = ops.shape(x)[0]
+    frank_wolfe = check_choice("method", method, METHODS) == "frank_wolfe"
+    if frank_wolfe and norm != "l1":
+        raise ValueError("Argument `method='frank_wolfe'` needs norm='l1'. "
+                         f"Received: norm={norm!r}")
 
     def evaluate(z):
         logits = logits_fn(z)
-        return objective(loss, logits, labels, target), logits
+        value = objective(loss, logits, labels, target)
+        if penalty is not None:
+            value = value - penalty(z)
+        return value, logits
 
     x0 = x
-    if random_start:
+    if initial is not None:
+        x0 = ops.cast(initial, "float32")
+    elif random_start:
         delta = norms.random_start(ops.shape(x), eps, norm, seed=seed)
         x0 = norms.clip_to_bounds(x + delta, bounds)
 
@@ -61,8 +91,14 @@ def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_ste
             scale = ops.mean(ops.abs(grad), axis=tuple(range(1, len(x.shape))), keepdims=True)
             m = momentum * m + grad / ops.maximum(scale, 1e-12)
             grad = m
-        x_next = xk + norms.ascent_step(grad, xk, step_size, norm, bounds, l1_sparsity)
-        x_next = norms.clip_to_bounds(x + norms.project(x_next - x, eps, norm), bounds)
+        if frank_wolfe:
+            vertex = x + norms.l1_vertex(grad, x, eps, bounds)
+            x_next = xk + (vertex - xk) / (ops.cast(i, "float32") + 2.0)
+        else:
+            x_next = xk + norms.ascent_step(grad, xk, step_size, norm, bounds, l1_sparsity)
+            x_next = norms.clip_to_bounds(x + norms.project(x_next - x, eps, norm), bounds)
+        if constraint is not None:
+            x_next = constraint(x_next)
         return x_next, m, bx, bl, bs
 
     state = (x0, ops.zeros_like(x), x0, ops.full((batch,), float("-inf")),
@@ -141,6 +177,8 @@ class PGD(Attack):
         l1_sparsity: for `norm="l1"`, the fraction of coordinates an L1 step leaves alone
             (the step goes along the sign of the largest `1 - l1_sparsity` share of gradient
             coordinates, as in SLIDE).
+        method: `"pgd"` or, for `norm="l1"`, `"frank_wolfe"` (Kang et al.'s L1 attack of the
+            UAR protocol: steps towards the best vertex of the L1 ball ∩ box, no step size).
         **kwargs: `bounds`, `batch_size`, `num_restarts`, `loss`, `seed`, `verbose`,
             `jit_compile`, `output` of `Attack`.
 
@@ -156,10 +194,14 @@ class PGD(Attack):
     _keep_best = True
 
     def __init__(self, eps=0.1, norm="linf", step_size=None, num_steps=20, random_start=True,
-                 l1_sparsity=0.99, **kwargs):
+                 l1_sparsity=0.99, method="pgd", **kwargs):
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)
         self.norm = check_norm(norm)
+        self.method = check_choice("method", method, METHODS)
+        if self.method == "frank_wolfe" and self.norm != "l1":
+            raise ValueError("Argument `method='frank_wolfe'` needs norm='l1'. "
+                             f"Received: norm={norm!r}")
         self.step_size = None if step_size is None else check_positive("step_size", step_size)
         self.num_steps = check_positive_int("num_steps", num_steps)
         self.random_start = bool(random_start)
@@ -175,4 +217,5 @@ class PGD(Attack):
             num_steps=self.num_steps, random_start=self.random_start and self.eps > 0,
             loss=self.loss, bounds=self.bounds, momentum=self._momentum,
             l1_sparsity=self.l1_sparsity, keep_best=self._keep_best, seed=self._seed_generator,
+            method=self.method,
         )[0]
