@@ -57,10 +57,14 @@ def _parser():
     ev.add_argument("--dataset", default="fashion_mnist")
     ev.add_argument("--split", default="test")
     ev.add_argument("--norm", default="linf", help="linf, l2 or l1")
-    ev.add_argument("--eps", type=float, required=True)
+    ev.add_argument("--eps", type=float, default=None,
+                    help="the Lp budget (needed unless every attack is an unforeseen one)")
     ev.add_argument("--attacks", default=None,
                     help="comma-separated presets, e.g. apgd-ce,apgd-t,square (default: "
-                         "the AutoAttack-style cascade for the norm)")
+                         "the AutoAttack-style cascade for the norm); unforeseen threat models "
+                         "(fog, snow, gabor, elastic, jpeg-linf, jpeg-l2, jpeg-l1, stadv, "
+                         "spatial) run at their calibrated medium strength and are reported "
+                         "each on its own")
     ev.add_argument("--n", type=int, default=1000, help="number of test examples")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--checks", default="fast", help="none, fast or full")

@@ -85,6 +85,72 @@ PRESETS = {
 }
 
 
+# === Unforeseen threat models: each its own, never mixed into the Lp worst case ===
+
+def _unforeseen(class_name, **settings):
+    def build(eps, common):
+        chosen = dict(settings) if eps is None else {**settings, "eps": eps}
+        return _get(class_name)(**chosen, **common)
+    return build
+
+
+UNFORESEEN = {
+    "fog": _unforeseen("Fog", num_steps=100),
+    "snow": _unforeseen("Snow", num_steps=100),
+    "gabor": _unforeseen("Gabor", num_steps=100),
+    "elastic": _unforeseen("Elastic", num_steps=100),
+    "jpeg-linf": _unforeseen("JPEG", norm="linf", num_steps=100),
+    "jpeg-l2": _unforeseen("JPEG", norm="l2", num_steps=100),
+    "jpeg-l1": _unforeseen("JPEG", norm="l1", num_steps=100),
+    "stadv": _unforeseen("StAdv", num_steps=100),
+    "spatial": lambda eps, common: _get("Spatial")(search="grid", **common),
+}
+
+
+def is_unforeseen(attack):
+    """True for an unforeseen preset name or an attack with its own `threat_model`."""
+    if isinstance(attack, str):
+        return attack.lower() in UNFORESEEN
+    return getattr(attack, "threat_model", None) is not None
+
+
+def make_unforeseen(name, image_shape, *, eps=None, bounds=(0.0, 1.0), batch_size=256,
+                    seed=None):
+    """Builds the unforeseen attack `name` at `eps` (its own units).
+
+    Args:
+        name: one of `UNFORESEEN`.
+        image_shape: `(H, W, C)` of the inputs; without `eps`, the calibrated medium eps for
+            that shape (the fourth of the six in `evaluation.uar.load_calibration`) is used
+            when the shipped table has one, else the attack's default.
+        eps: the attack's strength in its own units (see each attack's `eps_units`).
+        bounds, batch_size, seed: as for every attack.
+
+    Returns:
+        An attack with a `threat_model` attribute.
+    """
+    key = str(name).lower()
+    if key not in UNFORESEEN:
+        raise ValueError(f"Argument `attacks` must name unforeseen presets from "
+                         f"{sorted(UNFORESEEN)}. Received: {name!r}")
+    if eps is None and key != "spatial":
+        eps = medium_eps(key, image_shape)
+    common = dict(bounds=bounds, batch_size=batch_size, seed=seed)
+    return UNFORESEEN[key](eps, common)
+
+
+def medium_eps(name, image_shape):
+    """The calibrated medium eps (fourth of six) of `name` for `image_shape`, or None."""
+    from manidefense.evaluation.uar import load_calibration
+
+    try:
+        table = load_calibration(tuple(image_shape))
+    except ValueError:
+        return None
+    entry = table.get(name)
+    return None if entry is None else entry["eps"][3]
+
+
 def default_attacks(norm, num_classes):
     """The default cascade: AutoAttack's recipe where its parts exist for `norm`.
 

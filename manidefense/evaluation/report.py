@@ -29,10 +29,16 @@ class RobustnessReport:
         meta: versions, seed, model name, wall time.
         adversarial_examples: the worst-case inputs (x where nothing broke the example), or
             None; kept out of `to_dict` (save them with `numpy.save`).
+        unforeseen: one dict per unforeseen threat model (fog, snow, JPEG, spatial, ...),
+            each evaluated alone and never part of the Lp worst case: `name`,
+            `threat_model`, `eps`, `eps_units`, `config`, `run_on`, `correct`, `accuracy`,
+            `interval`, `invalid`, `seconds`, `per_example` (correct under that attack).
+        lp_evaluated: False when only unforeseen attacks ran; `robust_accuracy` is then None.
     """
 
     def __init__(self, threat_model, clean_correct, robust, broken_by, attacks, flags=(),
-                 diagnostics=None, alpha=0.05, meta=None, adversarial_examples=None):
+                 diagnostics=None, alpha=0.05, meta=None, adversarial_examples=None,
+                 unforeseen=()):
         self.threat_model = dict(threat_model)
         self.clean_correct = np.asarray(clean_correct, dtype=bool)
         self.robust = np.asarray(robust, dtype=bool)
@@ -43,6 +49,11 @@ class RobustnessReport:
         self.alpha = float(alpha)
         self.meta = dict(meta or {})
         self.adversarial_examples = adversarial_examples
+        self.unforeseen = [dict(u) for u in unforeseen]
+
+    @property
+    def lp_evaluated(self):
+        return self.threat_model.get("norm") is not None
 
     # === Numbers ===
 
@@ -56,8 +67,8 @@ class RobustnessReport:
 
     @property
     def robust_accuracy(self):
-        """Worst case over all attacks, per example."""
-        return float(np.mean(self.robust))
+        """Worst case over all Lp attacks, per example (None when no Lp attack ran)."""
+        return float(np.mean(self.robust)) if self.lp_evaluated else None
 
     def interval(self, correct):
         """Clopper–Pearson `(low, high)` at level `1 - alpha` for a count of correct points."""
@@ -69,7 +80,7 @@ class RobustnessReport:
 
     @property
     def robust_interval(self):
-        return self.interval(self.robust.sum())
+        return self.interval(self.robust.sum()) if self.lp_evaluated else None
 
     @property
     def trustworthy(self):
@@ -80,7 +91,7 @@ class RobustnessReport:
 
     def to_dict(self):
         clean_low, clean_high = self.clean_interval
-        robust_low, robust_high = self.robust_interval
+        robust_low, robust_high = self.robust_interval or (None, None)
         return {
             "threat_model": self.threat_model,
             "num_examples": self.num_examples,
@@ -88,12 +99,13 @@ class RobustnessReport:
             "clean_accuracy": self.clean_accuracy,
             "clean_interval": [clean_low, clean_high],
             "robust_accuracy": self.robust_accuracy,
-            "robust_interval": [robust_low, robust_high],
+            "robust_interval": None if robust_low is None else [robust_low, robust_high],
             "trustworthy": self.trustworthy,
             "attacks": self.attacks,
             "flags": [f.to_dict() for f in self.flags],
             "diagnostics": self.diagnostics,
             "meta": self.meta,
+            "unforeseen": self.unforeseen,
             "per_example": {"clean_correct": self.clean_correct.tolist(),
                             "robust": self.robust.tolist(),
                             "broken_by": self.broken_by.tolist()},
@@ -104,7 +116,7 @@ class RobustnessReport:
         per = d["per_example"]
         return cls(d["threat_model"], per["clean_correct"], per["robust"], per["broken_by"],
                    d["attacks"], d["flags"], d.get("diagnostics"), d.get("alpha", 0.05),
-                   d.get("meta"))
+                   d.get("meta"), unforeseen=d.get("unforeseen", ()))
 
     def to_json(self, path=None):
         """Returns the report as JSON text, also writing it to `path` when given."""
@@ -127,13 +139,17 @@ class RobustnessReport:
     def to_markdown(self):
         tm = self.threat_model
         level = f"{1 - self.alpha:.0%}"
-        lines = [
-            "## Robustness report",
-            "",
-            f"**Threat model**: {_NORM_NAMES.get(tm['norm'], tm['norm'])} ball, "
-            f"eps = {tm['eps']:g}, inputs in [{tm['bounds'][0]:g}, {tm['bounds'][1]:g}]; "
-            f"{tm.get('knowledge', 'white-box')}.",
-        ]
+        lines = ["## Robustness report", ""]
+        if self.lp_evaluated:
+            lines.append(
+                f"**Threat model**: {_NORM_NAMES.get(tm['norm'], tm['norm'])} ball, "
+                f"eps = {tm['eps']:g}, inputs in [{tm['bounds'][0]:g}, {tm['bounds'][1]:g}]; "
+                f"{tm.get('knowledge', 'white-box')}.")
+        else:
+            lines.append(
+                f"**Threat model**: no Lp attack was run; only the unforeseen threat models "
+                f"below, inputs in [{tm['bounds'][0]:g}, {tm['bounds'][1]:g}]; "
+                f"{tm.get('knowledge', 'white-box')}.")
         for note in tm.get("adaptive") or ["No adaptive wrapper was needed."]:
             lines.append(f"- {note}")
         lines += [
@@ -141,17 +157,35 @@ class RobustnessReport:
             f"| n = {self.num_examples} | accuracy | {level} interval |",
             "|---|---|---|",
             f"| clean | {self.clean_accuracy:.1%} | {_interval(self.clean_interval)} |",
-            f"| robust (worst case) | **{self.robust_accuracy:.1%}** | "
-            f"{_interval(self.robust_interval)} |",
-            "",
-            "| # | attack | kind | run on | broke | accuracy after | seconds |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for i, a in enumerate(self.attacks):
-            invalid = f" ({a['invalid']} invalid)" if a.get("invalid") else ""
-            lines.append(f"| {i + 1} | {a['name']} | {a['kind']} | {a['run_on']} | "
-                         f"{a['broken']}{invalid} | {a['accuracy_after']:.1%} | "
-                         f"{a['seconds']:.1f} |")
+        if self.lp_evaluated:
+            lines += [
+                f"| robust (worst case) | **{self.robust_accuracy:.1%}** | "
+                f"{_interval(self.robust_interval)} |",
+                "",
+                "| # | attack | kind | run on | broke | accuracy after | seconds |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for i, a in enumerate(self.attacks):
+                invalid = f" ({a['invalid']} invalid)" if a.get("invalid") else ""
+                lines.append(f"| {i + 1} | {a['name']} | {a['kind']} | {a['run_on']} | "
+                             f"{a['broken']}{invalid} | {a['accuracy_after']:.1%} | "
+                             f"{a['seconds']:.1f} |")
+        if self.unforeseen:
+            lines += [
+                "",
+                "**Unforeseen threat models** (each evaluated alone; not part of the Lp worst "
+                "case, since their budgets are not Lp balls):",
+                "",
+                f"| threat model | attack | eps (units) | accuracy | {level} interval | seconds |",
+                "|---|---|---|---|---|---|",
+            ]
+            for u in self.unforeseen:
+                eps = "—" if u.get("eps") is None else f"{u['eps']:g}"
+                invalid = f" ({u['invalid']} invalid)" if u.get("invalid") else ""
+                lines.append(f"| {u['threat_model']} | {u['name']} | {eps} ({u['eps_units']}) | "
+                             f"{u['accuracy']:.1%}{invalid} | {_interval(u['interval'])} | "
+                             f"{u['seconds']:.1f} |")
         lines += ["", "**Checklist flags**" + ("" if self.flags else ": none raised."), ""]
         for f in sorted(self.flags, key=lambda f: (SEVERITIES.index(f.severity), int(f.code[1:]))):
             lines.append(f"- **{f.code} ({f.severity})** {f.message} *What to do:* {f.advice}")
@@ -169,10 +203,13 @@ class RobustnessReport:
         return self.to_markdown()
 
     def __repr__(self):
-        low, high = self.robust_interval
+        robust = "not evaluated"
+        if self.lp_evaluated:
+            low, high = self.robust_interval
+            robust = f"{self.robust_accuracy:.1%} [{low:.1%}, {high:.1%}]"
+        unforeseen = "".join(f", {u['name']}={u['accuracy']:.1%}" for u in self.unforeseen)
         return (f"RobustnessReport(n={self.num_examples}, clean={self.clean_accuracy:.1%}, "
-                f"robust={self.robust_accuracy:.1%} [{low:.1%}, {high:.1%}], "
-                f"flags={[f.code for f in self.flags]})")
+                f"robust={robust}{unforeseen}, flags={[f.code for f in self.flags]})")
 
 
 def _interval(bounds):

@@ -24,7 +24,12 @@ from manidefense.attacks.adaptive import adaptive_model, draws_per_call, is_rand
 from manidefense.attacks.gradients import output_kind
 from manidefense.attacks.wrappers import Transfer
 from manidefense.evaluation import checks as checklist
-from manidefense.evaluation.presets import default_attacks, make_attack
+from manidefense.evaluation.presets import (
+    default_attacks,
+    is_unforeseen,
+    make_attack,
+    make_unforeseen,
+)
 from manidefense.evaluation.report import RobustnessReport
 from manidefense.validation import (
     check_bounds,
@@ -248,8 +253,13 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
                          f"Received: output shape {tuple(probe.shape)}")
     num_classes = int(probe.shape[-1])
     check_labels(y, len(y), "y", num_classes)
-    resolved, eps, norm = _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed,
-                                           num_classes)
+    attacks, unforeseen = _split_unforeseen(attacks, x.shape[1:], bounds, batch_size, seed)
+    lp_evaluated = attacks is None or bool(attacks)
+    if lp_evaluated:
+        resolved, eps, norm = _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed,
+                                               num_classes)
+    else:
+        resolved, eps, norm = [], None, None
 
     declared = is_randomized(model)
     randomized = declared or checklist.is_output_random(model, x[:16])
@@ -262,7 +272,8 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
               "adaptive": notes, "randomized": bool(randomized), "num_draws": num_draws,
               "eot_samples": _effective_draws(model, eot_samples) if adaptive and randomized
               else 1}
-    plan = _order(resolved, checks_level, eps, norm, bounds, batch_size, seed)
+    plan = (_order(resolved, checks_level, eps, norm, bounds, batch_size, seed)
+            if lp_evaluated else [])
     flags, diagnostics = [], {}
     if checks_level != "none":
         flags.append(checklist.check_outputs(output_kind(model, probe)))
@@ -280,7 +291,9 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
                             "broken": int(broken), "invalid": int(invalid),
                             "accuracy_after": remaining / n, "seconds": float(seconds)})
 
-    if checks_level != "none":
+    unforeseen_out = _run_unforeseen(model, attack_model, x, y, clean_correct, unforeseen,
+                                     num_draws, batch_size, bounds, alpha, verbose)
+    if checks_level != "none" and lp_evaluated:
         flags += _cascade_flags(plan, attacks_out, n)
         if any(kind == "gradient" for _, _, kind in plan):
             subset = np.flatnonzero(clean_correct)[:64]
@@ -289,7 +302,7 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
                                                 bounds, seed=seed)
                 diagnostics["gradient_health"] = health
                 flags.append(checklist.check_gradients(health))
-    if checks_level == "full":
+    if checks_level == "full" and lp_evaluated:
         flags += _full_checks(model, attack_model, x, y, clean_correct, robust, broken_by,
                               x_worst, plan, attacks_out, threat, num_classes, num_draws,
                               batch_size, seed, diagnostics)
@@ -300,7 +313,70 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
             "seconds": round(time.time() - started, 2)}
     return RobustnessReport(threat, clean_correct, robust, broken_by, attacks_out,
                             [f for f in flags if f is not None], diagnostics, alpha, meta,
-                            x_worst if keep_examples else None)
+                            x_worst if keep_examples else None, unforeseen_out)
+
+
+def _split_unforeseen(attacks, image_shape, bounds, batch_size, seed):
+    """Separates unforeseen threat models from the Lp cascade: `(lp attacks, [(name, attack)])`.
+
+    Each unforeseen attack is its own threat model, evaluated on its own: its budget is not an
+    Lp ball, so it can never join the Lp worst case.
+    """
+    if attacks is None:
+        return None, []
+    if isinstance(attacks, str) or callable(attacks):
+        attacks = [attacks]
+    if isinstance(attacks, dict):
+        attacks = list(attacks.items())
+    lp, unforeseen = [], []
+    for i, item in enumerate(attacks):
+        name, attack = item if _is_named(item) else (None, item)
+        if not is_unforeseen(attack):
+            lp.append(item)
+        elif isinstance(attack, str):
+            unforeseen.append((name or attack.lower(), make_unforeseen(
+                attack, image_shape, bounds=bounds, batch_size=batch_size, seed=seed + i)))
+        else:
+            if tuple(getattr(attack, "bounds", bounds)) != tuple(bounds):
+                raise ValueError(f"Attack bounds must equal bounds={bounds}. "
+                                 f"Received: {attack!r}")
+            unforeseen.append((name or _label(attack), attack))
+    return lp, unforeseen
+
+
+def _run_unforeseen(model, attack_model, x, y, clean_correct, unforeseen, num_draws,
+                    batch_size, bounds, alpha, verbose):
+    """Accuracy under each unforeseen attack alone, on the clean-correct points."""
+    from manidefense.stats import clopper_pearson
+
+    results, n = [], len(x)
+    alive = np.flatnonzero(clean_correct)
+    bar = keras.utils.Progbar(len(unforeseen)) if verbose and unforeseen else None
+    for name, attack in unforeseen:
+        began = time.time()
+        correct = np.zeros(n, bool)
+        invalid = 0
+        if alive.size:
+            x_adv = np.asarray(attack(attack_model, x[alive], y[alive]))
+            valid, _ = audit(x[alive], x_adv, 0.0, "linf", bounds, has_budget=False)
+            invalid = int((~valid).sum())
+            predicted = predict_majority(model, np.where(
+                valid.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x[alive]), num_draws,
+                batch_size)
+            # An invalid result cannot count as a break: the point keeps its clean verdict.
+            correct[alive] = (predicted == y[alive]) | ~valid
+        count = int(correct.sum())
+        low, high = clopper_pearson(count, n, alpha)
+        results.append({
+            "name": name, "threat_model": attack.threat_model,
+            "eps": getattr(attack, "eps", None), "eps_units": attack.eps_units,
+            "config": _config(attack), "run_on": int(alive.size), "correct": count,
+            "accuracy": count / n, "interval": [low, high], "invalid": invalid,
+            "seconds": float(time.time() - began), "per_example": correct.tolist(),
+        })
+        if bar is not None:
+            bar.update(len(results))
+    return results
 
 
 def _config(attack):

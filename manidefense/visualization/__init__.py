@@ -10,8 +10,10 @@ from manidefense.visualization.rbf import (
 from manidefense.visualization.robustness import plot_attack_bars, plot_security_curve
 from manidefense.visualization.shells import plot_confidence_shift, plot_shell_search
 from manidefense.visualization.theory import plot_boundary_slice, plot_energy_spectrum
+from manidefense.visualization.unforeseen import plot_accuracy_vs_eps, plot_unforeseen_grid
 
-__all__ = ["plot_adversarial_grid", "plot_attack_bars", "plot_beta2_tradeoff",
+__all__ = ["plot_accuracy_vs_eps", "plot_adversarial_grid", "plot_attack_bars",
+           "plot_beta2_tradeoff",
            "plot_boundary_slice", "plot_certified_accuracy", "plot_confidence_shift",
            "plot_energy_spectrum", "plot_rbf_filters", "plot_reconstructions",
-           "plot_security_curve", "plot_shell_search"]
+           "plot_security_curve", "plot_shell_search", "plot_unforeseen_grid"]

@@ -59,6 +59,9 @@ def plot_attack_bars(report, ax=None):
         The matplotlib Axes.
     """
     d = _as_dict(report)
+    if d.get("robust_interval") is None:
+        raise ValueError("Argument `report` holds no Lp evaluation (only unforeseen threat "
+                         "models ran); plot those with `plot_accuracy_vs_eps`.")
     names = ["clean"] + [a["name"] for a in d["attacks"]]
     values = [d["clean_accuracy"]] + [a["accuracy_after"] for a in d["attacks"]]
     if ax is None:
