@@ -270,8 +270,9 @@ def uar_attack(name, eps, *, num_steps=50, bounds=(0.0, 1.0), batch_size=256, se
     """The attack of the UAR table called `name` at `eps`.
 
     `"pgd-linf"`, `"pgd-l2"`: PGD with random start; `"pgd-l1"`: Frank–Wolfe L1 (Kang et
-    al.'s L1 attack, stronger than sparse L1 PGD at these budgets: see CHANGELOG / models
-    RESULTS); the others are the unforeseen presets (`evaluation.presets.UNFORESEEN`).
+    al.'s L1 attack, with which the shipped ATA was measured; sparse L1 PGD, the default of
+    `PGD(norm="l1")`, was 1.5 points stronger on Fashion-MNIST, see models/RESULTS.md); the
+    others are the unforeseen presets (`evaluation.presets.UNFORESEEN`).
     """
     from manidefense.attacks import PGD
     from manidefense.evaluation.presets import UNFORESEEN

@@ -116,7 +116,8 @@ def plot_accuracy_vs_eps(curves, ata=None, ax=None):
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.0, 1.0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    # Outside the axes: with several attacks an inside legend hides the curves.
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     if created:
         ax.figure.tight_layout()
     return ax
