@@ -9,17 +9,15 @@ Reference:
     Lp and non-Lp Adversarial Attacks", NeurIPS 2020, eq. (5) and (9).
 """
 
-import math
 
 import keras
 import numpy as np
 from keras import ops
 
+from manidefense.attacks import norms
 from manidefense.attacks.gradients import inference, logits_function
 from manidefense.attacks.pgd import PGD
 from manidefense.validation import check_bounds, check_non_negative
-
-_UNBOUNDED = (-math.inf, math.inf)
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
@@ -71,7 +69,7 @@ class LatentPGD(PGD):
         self.decoder = decoder
         self.latent_bounds = (None if latent_bounds is None
                               else check_bounds(latent_bounds, "latent_bounds"))
-        self.bounds = self.latent_bounds or _UNBOUNDED
+        self.bounds = self.latent_bounds or norms.UNBOUNDED
 
     @property
     def eta(self):

@@ -19,6 +19,8 @@ from manidefense.validation import check_norm
 # A relative safety margin for the final L1/L2 projection: float32 rounding of `x + delta`
 # over hundreds of coordinates can otherwise push a boundary perturbation a hair past eps.
 _FINAL_MARGIN = 1e-5
+# The box of a variable without bounds (latent codes, flow fields, DCT coefficients).
+UNBOUNDED = (-float("inf"), float("inf"))
 _TINY = 1e-12
 
 

@@ -31,6 +31,15 @@ def default_step_size(eps, num_steps):
 METHODS = ("pgd", "frank_wolfe")
 
 
+def check_method(method, norm):
+    """Checks an optimisation method for `norm`; Frank–Wolfe is written for L1 only."""
+    method = check_choice("method", method, METHODS)
+    if method == "frank_wolfe" and norm != "l1":
+        raise ValueError("Argument `method='frank_wolfe'` needs norm='l1'. "
+                         f"Received: norm={norm!r}")
+    return method
+
+
 def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_steps,
              random_start=True, loss="ce", bounds=(0.0, 1.0), momentum=0.0,
              l1_sparsity=0.99, keep_best=True, seed=None, method="pgd", initial=None,
@@ -62,10 +71,7 @@ def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_ste
     """
     x = ops.cast(x, "float32")
     batch = ops.shape(x)[0]
-    frank_wolfe = check_choice("method", method, METHODS) == "frank_wolfe"
-    if frank_wolfe and norm != "l1":
-        raise ValueError("Argument `method='frank_wolfe'` needs norm='l1'. "
-                         f"Received: norm={norm!r}")
+    frank_wolfe = check_method(method, norm) == "frank_wolfe"
 
     def evaluate(z):
         logits = logits_fn(z)
@@ -198,10 +204,7 @@ class PGD(Attack):
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)
         self.norm = check_norm(norm)
-        self.method = check_choice("method", method, METHODS)
-        if self.method == "frank_wolfe" and self.norm != "l1":
-            raise ValueError("Argument `method='frank_wolfe'` needs norm='l1'. "
-                             f"Received: norm={norm!r}")
+        self.method = check_method(method, self.norm)
         self.step_size = None if step_size is None else check_positive("step_size", step_size)
         self.num_steps = check_positive_int("num_steps", num_steps)
         self.random_start = bool(random_start)

@@ -90,7 +90,7 @@ PRESETS = {
 def _unforeseen(class_name, **settings):
     def build(eps, common):
         chosen = dict(settings) if eps is None else {**settings, "eps": eps}
-        return _get(class_name)(**chosen, **common)
+        return _get(class_name)(**{**chosen, **common})  # `common` may override num_steps
     return build
 
 

@@ -31,6 +31,7 @@ from manidefense.evaluation.presets import (
     make_unforeseen,
 )
 from manidefense.evaluation.report import RobustnessReport
+from manidefense.stats import clopper_pearson
 from manidefense.validation import (
     check_bounds,
     check_choice,
@@ -111,6 +112,15 @@ def _kind(attack):
     return "gradient" if getattr(attack, "uses_gradients", True) else "gradient-free"
 
 
+def _as_list(attacks):
+    """`attacks` as a list of entries: one attack or name, a list, or a `{name: attack}` dict."""
+    if isinstance(attacks, str) or callable(attacks):
+        return [attacks]
+    if isinstance(attacks, dict):
+        return list(attacks.items())
+    return list(attacks)
+
+
 def _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed, num_classes):
     """Returns `[(name or None, attack)]`, and the threat model's eps and norm."""
     if attacks is None:
@@ -118,10 +128,7 @@ def _resolve_attacks(attacks, eps, norm, bounds, batch_size, seed, num_classes):
             raise ValueError("Argument `eps` is required when `attacks` is None (the default "
                              "cascade is built for the threat model). Received: eps=None")
         attacks = default_attacks(norm or "linf", num_classes)
-    if isinstance(attacks, str) or callable(attacks):
-        attacks = [attacks]
-    if isinstance(attacks, dict):
-        attacks = list(attacks.items())
+    attacks = _as_list(attacks)
     names = [a[0] if _is_named(a) else None for a in attacks]
     attacks = [a[1] if _is_named(a) else a for a in attacks]
     objects = [a for a in attacks if not isinstance(a, str)]
@@ -324,12 +331,8 @@ def _split_unforeseen(attacks, image_shape, bounds, batch_size, seed):
     """
     if attacks is None:
         return None, []
-    if isinstance(attacks, str) or callable(attacks):
-        attacks = [attacks]
-    if isinstance(attacks, dict):
-        attacks = list(attacks.items())
     lp, unforeseen = [], []
-    for i, item in enumerate(attacks):
+    for i, item in enumerate(_as_list(attacks)):
         name, attack = item if _is_named(item) else (None, item)
         if not is_unforeseen(attack):
             lp.append(item)
@@ -347,8 +350,6 @@ def _split_unforeseen(attacks, image_shape, bounds, batch_size, seed):
 def _run_unforeseen(model, attack_model, x, y, clean_correct, unforeseen, num_draws,
                     batch_size, bounds, alpha, verbose):
     """Accuracy under each unforeseen attack alone, on the clean-correct points."""
-    from manidefense.stats import clopper_pearson
-
     results, n = [], len(x)
     alive = np.flatnonzero(clean_correct)
     bar = keras.utils.Progbar(len(unforeseen)) if verbose and unforeseen else None

@@ -285,9 +285,7 @@ def uar_attack(name, eps, *, num_steps=50, bounds=(0.0, 1.0), batch_size=256, se
     if name not in UNFORESEEN or name in ("spatial", "stadv"):
         raise ValueError(f"Argument `attacks` must name UAR attacks from {sorted(UAR_ATTACKS)}. "
                          f"Received: {name!r}")
-    attack = UNFORESEEN[name](eps, common)
-    attack.num_steps = num_steps
-    return attack
+    return UNFORESEEN[name](eps, {**common, "num_steps": num_steps})
 
 
 UAR_ATTACKS = ("pgd-linf", "pgd-l2", "pgd-l1", "fog", "snow", "gabor", "elastic", "jpeg-linf",
@@ -326,6 +324,7 @@ def evaluate_uar(model, x, y, attacks=None, *, calibration=None, num_steps=50, t
     """
     from keras import ops
 
+    from manidefense.evaluation.robustness import predict_majority
     from manidefense.validation import check_images, check_labels
 
     x = check_images(x, bounds)
@@ -346,11 +345,7 @@ def evaluate_uar(model, x, y, attacks=None, *, calibration=None, num_steps=50, t
                                 batch_size=batch_size, seed=seed + 100 * i + k)
             attack.verbose = verbose
             x_adv = np.asarray(attack(model, x, y, target))
-            logits = np.concatenate([
-                ops.convert_to_numpy(model(ops.convert_to_tensor(x_adv[j:j + batch_size]),
-                                           training=False))
-                for j in range(0, len(x), batch_size)])
-            accuracies.append(float(np.mean(np.argmax(logits, axis=-1) == y)))
+            accuracies.append(float(np.mean(predict_majority(model, x_adv, 1, batch_size) == y)))
         ata = table[name].get("ata")
         results[name] = {"eps": list(table[name]["eps"]), "accuracy": accuracies, "ata": ata,
                          "uar": None if ata is None else uar(accuracies, ata)}

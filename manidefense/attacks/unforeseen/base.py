@@ -33,13 +33,11 @@ from manidefense.validation import (
     check_positive_int,
 )
 
-UNBOUNDED = (-math.inf, math.inf)
-
 
 class LatentSpace:
     """Where an attack's hidden variables live: an eps-ball around `center` inside `box`."""
 
-    def __init__(self, center, radius, norm="linf", box=UNBOUNDED, method="pgd"):
+    def __init__(self, center, radius, norm="linf", box=norms.UNBOUNDED, method="pgd"):
         self.center, self.radius, self.norm, self.box, self.method = (
             center, radius, norm, box, method)
 
@@ -217,8 +215,8 @@ def identity_grid(batch, height, width):
 
 
 def gaussian_kernel(size, sigma):
-    """A normalised `size`×`size` Gaussian, as a numpy-free tensor."""
+    """A normalised `size`×`size` Gaussian; `sigma` may be a tensor (e.g. drawn at random)."""
     r = ops.arange(size, dtype="float32") - (size - 1) / 2.0
-    g = ops.exp(-(r**2) / (2.0 * max(sigma, 1e-6) ** 2))
+    g = ops.exp(-(r**2) / (2.0 * ops.maximum(sigma, 1e-6) ** 2))
     k = g[:, None] * g[None, :]
     return k / ops.sum(k)

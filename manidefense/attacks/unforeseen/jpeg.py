@@ -1,6 +1,5 @@
 """JPEG: perturb an image's quantised 8×8 DCT coefficients."""
 
-import math
 
 import keras
 import numpy as np
@@ -91,7 +90,7 @@ class JPEG(UnforeseenAttack):
 
     def _space(self, x):
         shape = (ops.shape(x)[0], *self._padded(x))
-        box = (-math.inf, math.inf) if self.norm == "linf" else (-2.0, 2.0)
+        box = norms.UNBOUNDED if self.norm == "linf" else (-2.0, 2.0)
         method = "frank_wolfe" if self.norm == "l1" else "pgd"
         return LatentSpace(ops.zeros(shape), self.eps, self.norm, box, method)
 

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from manidefense.attacks.unforeseen.base import LatentSpace, UnforeseenAttack
+from manidefense.attacks.unforeseen.base import LatentSpace, UnforeseenAttack, gaussian_kernel
 from manidefense.validation import check_non_negative, check_positive_int
 
 _LAYERS = 7
@@ -41,10 +41,7 @@ def streak_kernels(size, seed, num=_LAYERS):
     dist = ops.sqrt(ops.sum(ops.square(q - t[..., None] * p), axis=-1) + 1e-12)
     lines = ops.clip(width[:, None, None] / 2.0 + 0.5 - dist, 0.0, 1.0)  # (num, size, size)
     sigma = keras.random.uniform((), 0.41, 0.6, seed=seed)
-    r3 = ops.arange(3, dtype="float32") - 1.0
-    g = ops.exp(-(r3**2) / (2.0 * sigma**2))
-    blur = g[:, None] * g[None, :]
-    blur = ops.reshape(blur / ops.sum(blur), (3, 3, 1, 1))
+    blur = ops.reshape(gaussian_kernel(3, sigma), (3, 3, 1, 1))
     blurred = ops.conv(lines[..., None], blur, padding="same")  # (num, size, size, 1)
     return ops.transpose(blurred, (1, 2, 0, 3))
 
