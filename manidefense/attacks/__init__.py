@@ -7,7 +7,7 @@ from manidefense.attacks.base import Attack
 from manidefense.attacks.carlini_wagner import CarliniWagnerL2, CarliniWagnerLinf
 from manidefense.attacks.ead import EAD
 from manidefense.attacks.fgsm import FGSM
-from manidefense.attacks.latent import LatentPGD
+from manidefense.attacks.latent import GenerativeAttack, GenerativeExamples, LatentPGD
 from manidefense.attacks.mifgsm import MIFGSM
 from manidefense.attacks.noise import UniformNoise
 from manidefense.attacks.pgd import PGD, projected_gradient_descent
@@ -26,6 +26,7 @@ from manidefense.attacks.unforeseen import (
 from manidefense.attacks.wrappers import RunnerUpTargets, Transfer
 
 __all__ = ["APGD", "Attack", "BPDA", "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "Elastic",
-           "EoT", "FGSM", "Fog", "Gabor", "JPEG", "LatentPGD", "MIFGSM", "PGD", "RunnerUpTargets",
+           "EoT", "FGSM", "Fog", "Gabor", "GenerativeAttack", "GenerativeExamples", "JPEG",
+           "LatentPGD", "MIFGSM", "PGD", "RunnerUpTargets",
            "SPSA", "Snow", "Spatial", "Square", "StAdv", "Transfer", "UniformNoise",
            "adaptive_model", "corrupt", "norms", "objectives", "projected_gradient_descent"]

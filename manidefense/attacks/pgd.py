@@ -5,6 +5,8 @@ Reference:
     Adversarial Attacks", ICLR 2018.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -43,7 +45,7 @@ def check_method(method, norm):
 def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_steps,
              random_start=True, loss="ce", bounds=(0.0, 1.0), momentum=0.0,
              l1_sparsity=0.99, keep_best=True, seed=None, method="pgd", initial=None,
-             constraint=None, penalty=None):
+             constraint=None, penalty=None, stop_on_success=False):
     """The PGD iteration on a float32 batch, graph-safe; returns `(x_adv, loss, success)`.
 
     Each step: value and gradient of the objective; optionally a momentum average of
@@ -68,10 +70,19 @@ def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_ste
             fixed sparsity mask); it must keep `z` feasible.
         penalty: `z -> (batch,)` values subtracted from the objective (e.g. StAdv's flow
             smoothness); ranking of iterates uses the penalised value.
+        step_size: a number, or a tensor broadcasting against `x` (per-coordinate step
+            lengths for `norm="linf"`; a zero freezes a coordinate bit for bit).
+        stop_on_success: freeze each example at the first iterate that succeeds (GAT's
+            "iterate until the classifier is fooled") and stop the whole loop once every
+            example has; `keep_best` is then ignored and the result is
+            `(x_adv, loss, success, iterations)`, where `iterations` (int32) is the number of
+            steps an example took to succeed (0: already at the start), or `num_steps` if
+            it never did.
     """
     x = ops.cast(x, "float32")
     batch = ops.shape(x)[0]
     frank_wolfe = check_method(method, norm) == "frank_wolfe"
+    unconstrained = isinstance(eps, (int, float)) and math.isinf(eps)
 
     def evaluate(z):
         logits = logits_fn(z)
@@ -87,12 +98,7 @@ def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_ste
         delta = norms.random_start(ops.shape(x), eps, norm, seed=seed)
         x0 = norms.clip_to_bounds(x + delta, bounds)
 
-    def step(i, state):
-        xk, m, bx, bl, bs = state
-        value, logits, grad = value_and_grad(evaluate, xk)
-        success = is_successful(logits, labels, target)
-        take = better(value, success, bl, bs)
-        bx, bl, bs = select(take, xk, bx), ops.where(take, value, bl), ops.logical_or(bs, success)
+    def update(i, xk, m, grad):
         if momentum:
             scale = ops.mean(ops.abs(grad), axis=tuple(range(1, len(x.shape))), keepdims=True)
             m = momentum * m + grad / ops.maximum(scale, 1e-12)
@@ -102,9 +108,23 @@ def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_ste
             x_next = xk + (vertex - xk) / (ops.cast(i, "float32") + 2.0)
         else:
             x_next = xk + norms.ascent_step(grad, xk, step_size, norm, bounds, l1_sparsity)
-            x_next = norms.clip_to_bounds(x + norms.project(x_next - x, eps, norm), bounds)
+            if not unconstrained:  # eps = inf (GAT): no ball, so no rounding through x
+                x_next = x + norms.project(x_next - x, eps, norm)
+            x_next = norms.clip_to_bounds(x_next, bounds)
         if constraint is not None:
             x_next = constraint(x_next)
+        return x_next, m
+
+    if stop_on_success:
+        return _until_success(evaluate, update, x0, labels, target, num_steps)
+
+    def step(i, state):
+        xk, m, bx, bl, bs = state
+        value, logits, grad = value_and_grad(evaluate, xk)
+        success = is_successful(logits, labels, target)
+        take = better(value, success, bl, bs)
+        bx, bl, bs = select(take, xk, bx), ops.where(take, value, bl), ops.logical_or(bs, success)
+        x_next, m = update(i, xk, m, grad)
         return x_next, m, bx, bl, bs
 
     state = (x0, ops.zeros_like(x), x0, ops.full((batch,), float("-inf")),
@@ -116,6 +136,33 @@ def pgd_loop(logits_fn, x, labels, target=None, *, eps, norm, step_size, num_ste
         return x_last, value, success
     take = better(value, success, bl, bs)
     return select(take, x_last, bx), ops.where(take, value, bl), ops.logical_or(bs, success)
+
+
+def _until_success(evaluate, update, x0, labels, target, num_steps):
+    """`pgd_loop(stop_on_success=True)`: an example stops moving at its first success; the
+    loop ends when all have succeeded or after `num_steps` steps."""
+    batch = ops.shape(x0)[0]
+
+    def record(i, logits, done, iterations):
+        success = is_successful(logits, labels, target)
+        iterations = ops.where(ops.logical_and(success, ops.logical_not(done)), i, iterations)
+        return ops.logical_or(done, success), iterations
+
+    def body(i, xk, m, done, iterations):
+        _, logits, grad = value_and_grad(evaluate, xk)
+        done, iterations = record(i, logits, done, iterations)
+        x_next, m = update(i, xk, m, grad)
+        return i + 1, select(done, xk, x_next), m, done, iterations
+
+    def keep_going(i, xk, m, done, iterations):
+        return ops.logical_and(i < num_steps, ops.logical_not(ops.all(done)))
+
+    state = (ops.convert_to_tensor(0, "int32"), x0, ops.zeros_like(x0),
+             ops.zeros((batch,), dtype="bool"), ops.full((batch,), num_steps, dtype="int32"))
+    i, x_last, _, done, iterations = ops.while_loop(keep_going, body, state)
+    value, logits = evaluate(x_last)
+    done, iterations = record(i, logits, done, iterations)
+    return x_last, value, done, iterations
 
 
 _compiled_loops = {}

@@ -35,6 +35,8 @@ from manidefense.validation import (
     check_positive_int,
 )
 
+_SSIM_WINDOW = 11  # keras.ops.image.ssim's default filter size
+
 
 @dataclasses.dataclass
 class Projection:
@@ -98,6 +100,11 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
         perceptual_weight = 0.0
     w0 = _initial_latents(decoder, x, encoder, initial_latents, mean_latent, batch_size)
     _check_decoder(decoder, w0[:1], x.shape[1:])
+    if perceptual == "ssim" and perceptual_weight and min(x.shape[1:3]) < _SSIM_WINDOW:
+        raise ValueError(
+            f"Argument `perceptual`='ssim' needs images of at least {_SSIM_WINDOW}×"
+            f"{_SSIM_WINDOW} pixels (SSIM's Gaussian window). Received: images of "
+            f"{x.shape[1]}×{x.shape[2]}; pass perceptual=None or a feature extractor")
     key = (id(decoder), l1_weight, perceptual if isinstance(perceptual, str) else id(perceptual),
            perceptual_weight, num_steps, learning_rate, warmup, rampdown, w0.shape[1:], x.shape[1:])
     run = _compiled.get(key)

@@ -2,5 +2,6 @@
 `tf.distribute` work unchanged."""
 
 from manidefense.training.dual_manifold import DualManifoldTrainer
+from manidefense.training.generative import GenerativeAdversarialTrainer
 
-__all__ = ["DualManifoldTrainer"]
+__all__ = ["DualManifoldTrainer", "GenerativeAdversarialTrainer"]

@@ -19,23 +19,23 @@ Reference:
     ICML 2019.
 """
 
-import random as python_random
-
 import keras
 import tensorflow as tf
 from keras import ops
 
 from manidefense.attacks import PGD, LatentPGD
 from manidefense.attacks.base import Attack
-from manidefense.attacks.gradients import OUTPUTS, as_logits
 from manidefense.attacks.pgd import pgd_loop
+from manidefense.training.base import ClassifierTrainer
+from manidefense.training.base import correct as _correct
+from manidefense.training.base import cross_entropy as _ce
 from manidefense.validation import check_choice, check_non_negative
 
 _DEFAULT = "default"
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
-class DualManifoldTrainer(keras.Model):
+class DualManifoldTrainer(ClassifierTrainer):
     """Trains a classifier with image-space and latent-space adversarial examples (DMAT).
 
     Args:
@@ -73,13 +73,8 @@ class DualManifoldTrainer(keras.Model):
     def __init__(self, classifier, generator=None, image_attack=_DEFAULT, latent_attack=_DEFAULT,
                  objective="ce", clean_weight=None, image_weight=None, latent_weight=None,
                  trades_beta=6.0, output="auto", seed=None, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(classifier, keras.Model):
-            raise ValueError(f"Argument `classifier` must be a keras.Model. Received: "
-                             f"{type(classifier).__name__}")
-        self.classifier = classifier
+        super().__init__(classifier, output=output, seed=seed, **kwargs)
         self.objective = check_choice("objective", objective, ("ce", "trades"))
-        self.classifier_output = check_choice("output", output, OUTPUTS)
         self.trades_beta = check_non_negative("trades_beta", trades_beta)
         if image_attack == _DEFAULT:
             image_attack = PGD(eps=4 / 255, step_size=1 / 255, num_steps=5)
@@ -101,12 +96,6 @@ class DualManifoldTrainer(keras.Model):
         self.generator = generator
         self.clean_weight, self.image_weight, self.latent_weight = self._weights(
             clean_weight, image_weight, latent_weight)
-        self.seed = python_random.randint(1, 2**31 - 1) if seed is None else int(seed)
-        self.seed_generator = keras.random.SeedGenerator(self.seed, name="attack_seed")
-        # Keras saves a seed generator's state with `model.save` but not in the weights that
-        # `save_weights` and BackupAndRestore write; tracking it as a weight of the trainer puts
-        # it there, so a resumed fit draws the same random starts as an uninterrupted one.
-        self._track_variable(self.seed_generator.state)
         for attack in (self.image_attack, self.latent_attack):
             if attack is not None:
                 attack._seed_generator = self.seed_generator
@@ -146,10 +135,6 @@ class DualManifoldTrainer(keras.Model):
             names += ["latent_loss", "latent_accuracy"]
         return names
 
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
     def get_config(self):
         config = super().get_config()
         serialize = keras.saving.serialize_keras_object
@@ -174,33 +159,6 @@ class DualManifoldTrainer(keras.Model):
         return cls(**config)
 
     # === Model ===
-
-    # Only the classifier trains: the generator is fixed, so its weights must not reach the
-    # optimizer (or a restored checkpoint would build a different optimizer state).
-    @property
-    def trainable_weights(self):
-        return self.classifier.trainable_weights if self.trainable else []
-
-    @property
-    def trainable_variables(self):
-        return self.trainable_weights
-
-    @property
-    def non_trainable_weights(self):
-        return _excluding(self.weights, self.trainable_weights)
-
-    @property
-    def non_trainable_variables(self):
-        return _excluding(self.variables, self.trainable_weights)
-
-    def call(self, x, training=False):
-        return self.classifier(x, training=training)
-
-    def build(self, input_shape=None):
-        self.built = True
-
-    def _logits(self, x, training):
-        return as_logits(self.classifier(x, training=training), self.classifier_output)
 
     def _unpack(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -270,9 +228,7 @@ class DualManifoldTrainer(keras.Model):
                     terms[name] = (_kl(ops.softmax(clean_logits), logits[name])
                                    if self.objective == "trades" else _ce(logits[name], y))
             loss = self._total(terms)
-            # Gradients are summed over replicas under tf.distribute: scale to the global mean.
-            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(scaled)
+            scaled = self._scaled(loss)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         self._trackers["loss"].update_state(loss)
@@ -292,50 +248,12 @@ class DualManifoldTrainer(keras.Model):
             loss = loss + beta * self.latent_weight * ops.mean(terms["latent"])
         return loss
 
-    def test_step(self, data):
-        x, y = self._images(data)
-        logits = self._logits(x, training=False)
-        loss = ops.mean(_ce(logits, y))
-        self._trackers["loss"].update_state(loss)
-        self._trackers["clean_loss"].update_state(loss)
-        self._trackers["accuracy"].update_state(_correct(logits, y))
-        return {name: self._trackers[name].result() for name in ("loss", "accuracy")}
-
-    def _images(self, data):
-        """`(x, y)` of a batch for evaluation and prediction: the latents are not needed."""
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if isinstance(x, (tuple, list)):
-            x = x[0]
-        return ops.cast(x, "float32"), None if y is None else ops.cast(y, "int64")
-
-    def predict_step(self, data):
-        return self.classifier(self._images(data)[0], training=False)
-
-
-def _excluding(variables, exclude):
-    """`variables` without `exclude`, each once (the seed state is tracked twice)."""
-    seen = {id(v) for v in exclude}
-    kept = []
-    for v in variables:
-        if id(v) not in seen:
-            seen.add(id(v))
-            kept.append(v)
-    return kept
-
-
-def _ce(logits, labels):
-    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-
 
 def _kl(clean_probs, logits):
     """Per-example KL(clean ‖ softmax(logits)), TRADES' robustness term."""
     log_q = ops.log_softmax(logits, axis=-1)
     log_p = ops.log(ops.maximum(clean_probs, 1e-12))
     return ops.sum(clean_probs * (log_p - log_q), axis=-1)
-
-
-def _correct(logits, labels):
-    return ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32")
 
 
 def _check_attack(name, attack, kind, objective):

@@ -2,5 +2,6 @@
 
 from manidefense.zoo.classifiers import small_cnn
 from manidefense.zoo.generators import DCGAN, VAE
+from manidefense.zoo.style import StyleGenerator
 
-__all__ = ["DCGAN", "VAE", "small_cnn"]
+__all__ = ["DCGAN", "VAE", "StyleGenerator", "small_cnn"]
