@@ -16,7 +16,7 @@ Stages (each cached in `--cache-dir`, default `models/results/gat/`, so a rerun 
    within 10 iterations, per layer group, for style and noise at GAT's nominal steps (0.004 /
    0.1) and larger ones.
 4. **Tables 1–3** (see `tables` below).
-Writes `## gat` of `models/RESULTS.md` and PNG figures in the cache directory.
+Writes `## gat` of `models/RESULTS.md` and its PNG figures in `models/figures/` (committed).
 
 Usage:
     .venv/bin/python models/gat.py [--gen-steps 4000] [--stage generator|all] [--quick]
@@ -408,7 +408,7 @@ def figures(gen, models, steps, cache):
             predictions[title] = _predict(model, rows[title].images)
     axes = md.visualization.plot_generative_examples(
         np.asarray(images), rows, predictions=predictions, labels=labels, class_names=names)
-    axes.flat[0].figure.savefig(cache / "examples.png", dpi=80)
+    axes.flat[0].figure.savefig(cache / "gat_examples.png", dpi=80)
     n = 500
     lab = np.arange(n) % 10
     s, v, _ = _samples(gen, lab, seed=7000)
@@ -417,7 +417,7 @@ def figures(gen, models, steps, cache):
     ax = md.visualization.plot_iterations_histogram(
         {name: attack(m, (s, v), lab) for name, m in models.items()},
         title="Iterations to fool (style and noise, all layers)")
-    ax.figure.savefig(cache / "iterations.png", dpi=80)
+    ax.figure.savefig(cache / "gat_iterations.png", dpi=80)
 
 
 # === Report ===
@@ -446,12 +446,13 @@ def _pct(v):
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, cache):
+def render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, cache,
+           figures_dir):
     from manidefense._markdown import update_section
     sys.path.insert(0, str(ROOT / "models"))
     from _common import sign_test
 
-    rel = os.path.relpath(cache, ROOT / "models")
+    rel = os.path.relpath(figures_dir, ROOT / "models")
     names = md.datasets.class_names("fashion_mnist")
     lines = ["## gat", "",
              "Generative adversarial training (Poursaeed et al., ICCV 2021) on Fashion-MNIST, "
@@ -483,7 +484,7 @@ def render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, 
                      f"{_pct(row['label_flip_rate'])} |")
     lines += ["", "Learned |B| per layer: " + ", ".join(
         f"{v:.3f}" for v in quality["noise_strength_mean_abs"]) + ".", "",
-        f"![conditional samples, one row per class]({rel}/samples.png)", "",
+        f"![conditional samples, one row per class]({rel}/gat_samples.png)", "",
         "### Attack step calibration", "",
         f"Fraction of the normal CNN's correctly classified generator samples "
         f"({args.calib_n} drawn) fooled within 10 iterations (least-likely direction):", "",
@@ -511,8 +512,8 @@ def render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, 
                      f"{_pct(r['judge_on_same_clean'])} |")
     lines += [""]
     lines += [f"![GAT examples on the normal CNN: style and noise per layer group]"
-              f"({rel}/examples.png)", "",
-              f"![iterations needed to fool each model]({rel}/iterations.png)", ""]
+              f"({rel}/gat_examples.png)", "",
+              f"![iterations needed to fool each model]({rel}/gat_iterations.png)", ""]
     h = gat_info["history"]
     lines += ["### Training", "",
               f"Three `small_cnn(width=16)` on the first {args.train_size} training images, "
@@ -636,11 +637,15 @@ def main(argv=None):
         t2[name] = cached(cache / f"table2_{name}.json", lambda model=model: table2(model, args))
         t3[name] = cached(cache / f"table3_{name}.json", lambda model=model: table3(model, args))
     real = cached(cache / "realism.json", lambda: realism(gen, judge, normal, steps, args))
-    if not (cache / "samples.png").exists():
-        sample_grid(gen, cache / "samples.png")
-    if not (cache / "examples.png").exists():
-        figures(gen, models, steps, cache)
-    render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, cache)
+    # Figures are committed (models/figures/) so RESULTS.md shows them; quick runs keep theirs.
+    figures_dir = cache if args.quick else ROOT / "models" / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    if not (figures_dir / "gat_samples.png").exists():
+        sample_grid(gen, figures_dir / "gat_samples.png")
+    if not (figures_dir / "gat_examples.png").exists():
+        figures(gen, models, steps, figures_dir)
+    render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, cache,
+           figures_dir)
     _log("done in", f"{(time.time() - started) / 60:.1f} min")
 
 
