@@ -538,6 +538,17 @@ def test_default_28x28_and_a_32x32x3_configuration():
     assert np.all(np.isfinite(images)) and images.min() >= 0 and images.max() <= 1
 
 
+def test_shipped_weights_load_as_the_default_configuration():
+    # A packaging check of the shipped file (no behaviour test depends on trained weights).
+    gen = StyleGenerator.pretrained("fashion_mnist")
+    assert gen.get_config() | {"name": None} == StyleGenerator(seed=0).get_config() | {"name": None}
+    _, _, first = gen.sample([0, 5, 9], seed=3)
+    _, _, again = gen.sample([0, 5, 9], seed=3)
+    np.testing.assert_array_equal(first.numpy(), again.numpy())
+    with pytest.raises(ValueError, match="`dataset`"):
+        StyleGenerator.pretrained("cifar10")
+
+
 def test_fit_runs_with_finite_losses_and_trains_every_part():
     keras.utils.set_random_seed(1)
     gen = StyleGenerator(**TINY)
