@@ -5,6 +5,7 @@ __version__ = "0.1.0.dev0"
 # visualization imports matplotlib only when a figure is drawn, so importing it here is cheap.
 from manidefense import (  # noqa: E402
     attacks,
+    callbacks,
     certification,
     datasets,
     evaluation,
@@ -19,5 +20,6 @@ from manidefense import (  # noqa: E402
     zoo,
 )
 
-__all__ = ["attacks", "certification", "datasets", "evaluation", "layers", "manifold", "shells",
-           "stats", "theory", "training", "validation", "visualization", "zoo", "__version__"]
+__all__ = ["attacks", "callbacks", "certification", "datasets", "evaluation", "layers",
+           "manifold", "shells", "stats", "theory", "training", "validation", "visualization",
+           "zoo", "__version__"]
