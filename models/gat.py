@@ -38,21 +38,11 @@ import tensorflow as tf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "models"))
+
+from _common import cached, log, sign_test  # noqa: E402
 
 import manidefense as md  # noqa: E402
-
-
-def _log(*args):
-    print(time.strftime("%H:%M:%S"), *args, flush=True)
-
-
-def cached(path, compute):
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.write_text(json.dumps(value, indent=1))
-    return value
-
 
 # === 1. Generator ===
 
@@ -70,7 +60,7 @@ def train_generator(x, y, args, cache):
     started = time.time()
     history = gen.fit(data, steps_per_epoch=steps_per_epoch,
                       epochs=max(1, args.gen_steps // steps_per_epoch), verbose=0,
-                      callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: _log(
+                      callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: log(
                           "generator epoch", e, {k: round(float(v), 4) for k, v in logs.items()}))])
     seconds = time.time() - started
     # Save the networks without the three optimizers' state: a ~1.5 MB file.
@@ -217,12 +207,12 @@ def calibrate_steps(gen, model, args):
     for step in STYLE_STEPS:
         table[f"style {step}"] = fool_rates(gen, model, dict(perturb="style", style_step=step),
                                             args.calib_n, seed=2000)
-        _log("calibration style", step, {k: v["fooled"] for k, v in table[f"style {step}"]
+        log("calibration style", step, {k: v["fooled"] for k, v in table[f"style {step}"]
                                          .items() if isinstance(v, dict)})
     for step in NOISE_STEPS:
         table[f"noise {step}"] = fool_rates(gen, model, dict(perturb="noise", noise_step=step),
                                             args.calib_n, seed=2000)
-        _log("calibration noise", step, {k: v["fooled"] for k, v in table[f"noise {step}"]
+        log("calibration noise", step, {k: v["fooled"] for k, v in table[f"noise {step}"]
                                          .items() if isinstance(v, dict)})
     return table
 
@@ -289,7 +279,7 @@ def train_gat(gen, steps, args, cache, name="gat", layer_groups=None):
     info = {"seconds": time.time() - began, "steps": steps,
             "layer_groups": [list(g) for g in trainer.layer_groups],
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
-    _log(name, "trained", json.dumps(info))
+    log(name, "trained", json.dumps(info))
     classifier.save(path)
     info_path.write_text(json.dumps(info, indent=1))
     return classifier, info
@@ -313,7 +303,7 @@ def table1(gen, model, steps, args):
                                                  **kwargs)
             result = attack(model, (styles, noises), labels)
             rows[f"{key}@{cap}"] = float(1.0 - result.success.mean())
-    _log("table 1", model.name, {k: v for k, v in rows.items() if k != "clean_correct"})
+    log("table 1", model.name, {k: v for k, v in rows.items() if k != "clean_correct"})
     return rows
 
 
@@ -330,7 +320,7 @@ def table2(model, args):
             attack = uar_lib.uar_attack(attack_name, medium_eps(attack_name, (28, 28, 1)),
                                         num_steps=args.eval_steps, seed=args.seed)
         rows[attack_name] = (_predict(model, attack(model, xt, yt)) == yt).tolist()
-    _log("table 2", model.name, {k: round(float(np.mean(v)), 3) for k, v in rows.items()})
+    log("table 2", model.name, {k: round(float(np.mean(v)), 3) for k, v in rows.items()})
     return rows
 
 
@@ -341,7 +331,7 @@ def table3(model, args):
         for severity in (1, 3, 5):
             shifted = md.attacks.corrupt(xt, kind, severity, seed=args.seed)
             rows[f"{kind}-{severity}"] = (_predict(model, shifted) == yt).tolist()
-    _log("table 3", model.name, {k: round(float(np.mean(v)), 3) for k, v in rows.items()})
+    log("table 3", model.name, {k: round(float(np.mean(v)), 3) for k, v in rows.items()})
     return rows
 
 
@@ -449,8 +439,6 @@ def _pct(v):
 def render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, cache,
            figures_dir):
     from manidefense._markdown import update_section
-    sys.path.insert(0, str(ROOT / "models"))
-    from _common import sign_test
 
     rel = os.path.relpath(figures_dir, ROOT / "models")
     names = md.datasets.class_names("fashion_mnist")
@@ -615,16 +603,16 @@ def main(argv=None):
     shipped = ROOT / "manidefense" / "zoo" / "weights" / "style_generator_fashion_mnist.keras"
     if not args.quick and not shipped.exists():
         shutil.copyfile(cache / "style_generator.keras", shipped)  # StyleGenerator.pretrained()
-    _log("generator trained", info["iterations"], "iterations in", f"{info['seconds']:.0f} s")
+    log("generator trained", info["iterations"], "iterations in", f"{info['seconds']:.0f} s")
     judge = train_judge(args, cache)
     quality = cached(cache / "quality.json", lambda: generator_quality(gen, judge, args))
-    _log("quality", json.dumps(quality))
+    log("quality", json.dumps(quality))
     if args.stage == "generator":
         return
     normal = baseline("normal", args, cache)
     calibration = cached(cache / "calibration.json", lambda: calibrate_steps(gen, normal, args))
     steps = chosen_steps(calibration)
-    _log("training steps", steps)
+    log("training steps", steps)
     models = {"normal": normal, "pgd-at": baseline("pgd-linf", args, cache)}
     models["gat"], gat_info = train_gat(gen, steps, args, cache)
     # A variant without the fine (28 px) group, whose style steps mostly darken the garment.
@@ -646,7 +634,7 @@ def main(argv=None):
         figures(gen, models, steps, figures_dir)
     render(quality, info, calibration, steps, gat_info, t1, t2, t3, real, args, cache,
            figures_dir)
-    _log("done in", f"{(time.time() - started) / 60:.1f} min")
+    log("done in", f"{(time.time() - started) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "models"))
+
+from _common import cached, log  # noqa: E402
 
 import manidefense as md  # noqa: E402
 from manidefense._markdown import update_section  # noqa: E402
@@ -64,10 +67,6 @@ CANDIDATES = {
 }
 LINF_EPS = [4 / 255, 8 / 255, 16 / 255, 32 / 255, 48 / 255, 64 / 255]
 TRAIN_INDEX = 4  # training eps: the 5th of 8 candidates (L∞: 16/255)
-
-
-def _log(*args):
-    print(time.strftime("%H:%M:%S"), *args, flush=True)
 
 
 def train_eps(name):
@@ -92,21 +91,13 @@ def train_model(name, x, y, args, path):
         model.compile(keras.optimizers.Adam(args.lr))
     began = time.time()
     model.fit(x, y, epochs=args.epochs, batch_size=128, verbose=0)
-    _log(f"trained {name} in {time.time() - began:.0f}s")
+    log(f"trained {name} in {time.time() - began:.0f}s")
     classifier.save(path)
     return classifier
 
 
 def accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=256), -1) == y))
-
-
-def cached(path, compute):
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.write_text(json.dumps(value, indent=1))
-    return value
 
 
 def main(argv=None):
@@ -145,7 +136,7 @@ def main(argv=None):
             "eps": grid, "accuracy": uar_lib.evaluate_uar(
                 models[name], xt, yt, [name], calibration={name: {"eps": grid, "ata": None}},
                 num_steps=args.eval_steps, seed=args.seed)[name]["accuracy"]})
-        _log(name, "clean", f"{accuracy(models[name], xt, yt):.3f}", "ATA",
+        log(name, "clean", f"{accuracy(models[name], xt, yt):.3f}", "ATA",
              [f"{a:.2f}" for a in ata_grid[name]["accuracy"]])
 
     # 4: calibration against the L∞ reference curve.
@@ -187,7 +178,7 @@ def main(argv=None):
             **{f"corrupt-{k}": accuracy(models[key], md.attacks.corrupt(
                 xt, k, 3, seed=args.seed), yt) for k in md.attacks.unforeseen.KINDS}})
         evaluated[label]["_extra"] = extra
-        _log(label, {k: round(v["uar"], 3) for k, v in evaluated[label].items()
+        log(label, {k: round(v["uar"], 3) for k, v in evaluated[label].items()
                      if k != "_extra"}, extra)
 
     # 6: Frank-Wolfe versus sparse L1 PGD.
@@ -200,7 +191,7 @@ def main(argv=None):
                                     method=method, seed=args.seed)
             row[method] = accuracy(models[key], attack(models[key], xt, yt), yt)
         comparison[key] = row
-    _log("L1 comparison at eps", l1_eps, comparison)
+    log("L1 comparison at eps", l1_eps, comparison)
 
     # Plots.
     examples, curves = {}, {}

@@ -294,13 +294,7 @@ class GenerativeAttack(Attack):
         return np.concatenate(parts)
 
     def _logits_function(self, model):
-        classify = logits_function(model, self.output)
-        generator = self.generator
-
-        def logits(flat):
-            return classify(ops.cast(generator.synthesize(*generator.unflatten(flat)),
-                                     "float32"))
-        return logits
+        return generated_logits(self.generator, logits_function(model, self.output))
 
     def __call__(self, model, latents, y, target=None):
         styles, noises = self.generator.check_latents(latents, "latents")
@@ -354,8 +348,7 @@ class GenerativeAttack(Attack):
             adv, success, iterations, direction = generative_loop(
                 logits_fn, flat, labels, target, step_vector=steps,
                 max_iterations=self.max_iterations, least_likely=least_likely, loss=self.loss)
-            images = ops.cast(self.generator.synthesize(*self.generator.unflatten(adv)),
-                              "float32")
+            images = synthesize_flat(self.generator, adv)
             if direction is None:
                 direction = ops.zeros_like(labels)
             return adv, images, success, iterations, direction
@@ -388,6 +381,16 @@ class GenerativeAttack(Attack):
         config = self.get_config()
         config["generator"] = getattr(self.generator, "name", type(self.generator).__name__)
         return "GenerativeAttack(" + ", ".join(f"{k}={v!r}" for k, v in config.items()) + ")"
+
+
+def synthesize_flat(generator, flat):
+    """`g(unflatten(flat))` as float32 images (any generator with `synthesize`/`unflatten`)."""
+    return ops.cast(generator.synthesize(*generator.unflatten(flat)), "float32")
+
+
+def generated_logits(generator, classify):
+    """`flat latents -> classify(g(latents))`: the function GAT's attack differentiates."""
+    return lambda flat: classify(synthesize_flat(generator, flat))
 
 
 def check_perturb(perturb):

@@ -23,7 +23,13 @@ import tensorflow as tf
 from keras import ops
 
 from manidefense.attacks.gradients import logits_function
-from manidefense.attacks.latent import GenerativeAttack, check_layers, generative_loop
+from manidefense.attacks.latent import (
+    GenerativeAttack,
+    check_layers,
+    generated_logits,
+    generative_loop,
+    synthesize_flat,
+)
 from manidefense.training.base import ClassifierTrainer, correct, cross_entropy
 from manidefense.validation import check_non_negative, check_positive_int
 
@@ -154,17 +160,13 @@ class GenerativeAdversarialTrainer(ClassifierTrainer):
             group = keras.random.randint((), 0, len(self.layer_groups),
                                          seed=self.seed_generator)
         steps = ops.take(ops.convert_to_tensor(self._steps), group, axis=0)
-        classify = logits_function(self.classifier, self.classifier_output)
-
-        def logits_fn(latents):
-            return classify(ops.cast(gen.synthesize(*gen.unflatten(latents)), "float32"))
-
+        logits_fn = generated_logits(gen, logits_function(self.classifier,
+                                                          self.classifier_output))
         adv, success, iterations, _ = generative_loop(
             logits_fn, flat, labels, None, step_vector=steps,
             max_iterations=self.max_iterations,
             least_likely=self.attack.target == "least_likely", loss=self.attack.loss)
-        images = ops.cast(gen.synthesize(*gen.unflatten(adv)), "float32")
-        return {"images": tf.stop_gradient(images), "success": success,
+        return {"images": tf.stop_gradient(synthesize_flat(gen, adv)), "success": success,
                 "iterations": iterations, "group": group}
 
     def _fill(self, batch, candidates, labels):

@@ -43,6 +43,7 @@ from manidefense.validation import (
     check_non_negative,
     check_positive_int,
 )
+from manidefense.zoo.generators import _check_seed
 
 _EPS = 1e-8
 
@@ -188,15 +189,6 @@ def _check_noise_init(noise_init, num_layers):
             f"Argument `noise_init` must be a number or {num_layers} numbers (one per "
             f"synthesis layer). Received: noise_init={noise_init!r}")
     return tuple(float(v) for v in values)
-
-
-def _check_seed(seed):
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(
-            f"Argument `seed` must be None or an integer >= 0. Received: seed={seed!r}")
-    return int(seed)
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
@@ -375,11 +367,11 @@ class StyleGenerator(keras.Model):
                              f"labels. Received: shape {labels.shape}")
         return check_labels(labels, len(labels), "labels", self.num_classes).astype(np.int32)
 
-    def styles_for(self, z, labels):
+    def styles_for(self, z, labels, training=False):
         """The styles `A(mapping(z, labels))`, a list with one `(batch, 2 C_l)` tensor per
         layer (graph-safe)."""
-        w = self.mapping([z, ops.cast(labels, "int32")], training=False)
-        styles = self.affine(w, training=False)
+        w = self.mapping([z, ops.cast(labels, "int32")], training=training)
+        styles = self.affine(w, training=training)
         return list(styles) if isinstance(styles, (list, tuple)) else [styles]
 
     def random_noise(self, num, seed=None):
@@ -538,10 +530,9 @@ class StyleGenerator(keras.Model):
     def call(self, inputs, training=False):
         """`(z, labels) -> images` with fresh noise (for `predict`-style use)."""
         z, labels = inputs
-        w = self.mapping([z, ops.cast(labels, "int32")], training=training)
-        styles = self.affine(w, training=training)
+        styles = self.styles_for(z, labels, training=training)
         noises = self.random_noise(ops.shape(z)[0], seed=self.seed_generator)
-        return self.synthesis(list(styles) + noises, training=training)
+        return self.synthesis(styles + noises, training=training)
 
     @property
     def generator_variables(self):
@@ -582,12 +573,9 @@ class StyleGenerator(keras.Model):
         self.mapping_optimizer.build(self.mapping.trainable_variables)
 
     def _fakes(self, labels, training):
-        batch = ops.shape(labels)[0]
-        z = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
-        w = self.mapping([z, labels], training=training)
-        styles = self.affine(w, training=training)
-        noises = self.random_noise(batch, seed=self.seed_generator)
-        return self.synthesis(list(styles) + noises, training=training)
+        z = keras.random.normal((ops.shape(labels)[0], self.latent_dim),
+                                seed=self.seed_generator)
+        return self.call((z, labels), training=training)
 
     def _r1(self, x, labels):
         with tf.GradientTape() as tape:
