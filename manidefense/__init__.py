@@ -11,6 +11,7 @@ from manidefense import (  # noqa: E402
     evaluation,
     layers,
     manifold,
+    serving,
     shells,
     stats,
     theory,
@@ -21,5 +22,5 @@ from manidefense import (  # noqa: E402
 )
 
 __all__ = ["attacks", "callbacks", "certification", "datasets", "evaluation", "layers",
-           "manifold", "shells", "stats", "theory", "training", "validation", "visualization",
-           "zoo", "__version__"]
+           "manifold", "serving", "shells", "stats", "theory", "training", "validation",
+           "visualization", "zoo", "__version__"]

@@ -18,8 +18,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from manidefense import serving
+from manidefense._wrapping import build_from_base, build_from_saved
 from manidefense.attacks.gradients import as_logits
-from manidefense.stats import binomial_test, lower_confidence_bound
+from manidefense.stats import lower_confidence_bound
 from manidefense.validation import (
     check_bounds,
     check_fraction,
@@ -83,7 +85,6 @@ class SmoothedClassifier(keras.Model):
             raise ValueError("Argument `base_model` must be a Keras classifier. "
                              f"Received: base_model={base_model!r}")
         self.base_model = base_model
-        self.built = bool(getattr(base_model, "built", False))  # its weights are all there are
         self.num_classes = check_positive_int("num_classes", num_classes)
         if self.num_classes < 2:
             raise ValueError("Argument `num_classes` must be >= 2. "
@@ -99,6 +100,7 @@ class SmoothedClassifier(keras.Model):
         self._noise_generator = keras.random.SeedGenerator(seed)
         self._count_generator = keras.random.SeedGenerator(seed)
         object.__setattr__(self, "_counters", {})  # compiled count graphs, not tracked
+        build_from_base(self, base_model)  # last: building locks the tracked state
 
     @property
     def draws_per_call(self):
@@ -170,12 +172,7 @@ class SmoothedClassifier(keras.Model):
         x = self._check_inputs(x)
         self._restart_noise()
         counts = self.sample_counts(x, num_samples, batch_size, verbose)
-        order = np.argsort(-counts, axis=1, kind="stable")
-        top, runner_up = order[:, 0], order[:, 1]
-        n_a = counts[np.arange(len(x)), top]
-        n_b = counts[np.arange(len(x)), runner_up]
-        p_value = binomial_test(n_a, n_a + n_b)
-        return np.where(p_value > alpha, ABSTAIN, top).astype(np.int64)
+        return predict_from_counts(counts, alpha).numpy()
 
     def certify(self, x, num_samples_selection=100, num_samples_estimation=10_000, alpha=0.001,
                 batch_size=None, verbose=False):
@@ -303,9 +300,52 @@ class SmoothedClassifier(keras.Model):
         state = self._count_generator.state
         state.assign(ops.convert_to_tensor([seed, 0], dtype=state.dtype))
 
+    def build(self, input_shape):
+        """Nothing to create: the base model holds every weight (records the input shape)."""
+
     def build_from_config(self, config):
-        """Nothing to build: the sub-models restored by `from_config` hold every weight."""
-        self.built = True
+        build_from_saved(self, config)
+
+    # === Serving ===
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               num_samples=100, alpha=0.001, **kwargs):
+        """Exports the smoothed classifier as a TensorFlow SavedModel.
+
+        Endpoints (`manidefense.serving.export`): `serve(x)`, the vote frequencies of
+        `self.num_samples` fresh draws (what `call` returns); `predict(x)`, Cohen's PREDICT
+        with `num_samples` draws at level `alpha` (int64 classes, `ABSTAIN` = -1); and
+        `serve_seeded(x, seed)` / `predict_seeded(x, seed)`, the same with the noise set from
+        an int64 seed for that request.
+
+        Example:
+        >>> smoothed.export("/srv/models/smoothed/1", num_samples=1000, alpha=0.001)
+        >>> served = tf.saved_model.load("/srv/models/smoothed/1")
+        >>> classes = served.predict(tf.constant(x_test[:8]))
+        """
+        if format != "tf_saved_model" or kwargs:
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        return serving.export(self, filepath, input_signature=input_signature,
+                              verbose=bool(verbose),
+                              options={"num_samples": num_samples, "alpha": alpha})
+
+    def export_endpoints(self, specs, num_samples=100, alpha=0.001):
+        """The extra endpoint `serving.export` writes: `predict`, Cohen's PREDICT in a graph.
+
+        Draws `min(num_samples, batch_size)`-sized rounds per example, like `sample_counts`.
+        """
+        num_samples = check_positive_int("num_samples", num_samples)
+        alpha = check_fraction("alpha", alpha)
+        rounds = -(-num_samples // min(num_samples, self.batch_size))
+        chunk = -(-num_samples // rounds)
+        count = self._counter(tuple(specs[0].shape[1:]))
+
+        def predict(x):
+            counts = count(x, tf.constant(num_samples, tf.int32), tf.constant(chunk, tf.int32))
+            return predict_from_counts(counts, alpha)
+
+        return {"predict": (predict, specs[:1])}
 
     # === Configuration ===
 
@@ -321,6 +361,32 @@ class SmoothedClassifier(keras.Model):
         config = dict(config)
         config["base_model"] = keras.saving.deserialize_keras_object(config["base_model"])
         return cls(**config)
+
+
+def predict_from_counts(counts, alpha):
+    """PREDICT's decision from vote counts: the top class, or `ABSTAIN` where the two-sided
+    binomial test of the top two counts has a p-value above `alpha` (`stats.binomial_test`,
+    in a graph). Ties go to the lower class index.
+
+    Args:
+        counts: int `(batch, num_classes)` vote counts.
+        alpha: the test's level.
+
+    Returns:
+        An int64 tensor of classes.
+
+    Example:
+    >>> predict_from_counts(np.array([[90, 10, 0], [52, 48, 0]]), alpha=0.001).numpy()
+    array([ 0, -1])
+    """
+    counts = tf.convert_to_tensor(counts)
+    top = tf.math.top_k(tf.cast(counts, tf.float64), k=2)  # equal values: lower index first
+    n_a, n_b = top.values[:, 0], top.values[:, 1]
+    # n_a >= n_b, so P(X >= max(k, n - k)) = I_{1/2}(n_a, n_b + 1), X ~ Binomial(n_a + n_b, 1/2).
+    tail = tf.math.betainc(n_a, n_b + 1.0, tf.fill(tf.shape(n_a), tf.constant(0.5, tf.float64)))
+    p_value = tf.minimum(tf.constant(1.0, tf.float64), 2.0 * tail)
+    classes = tf.cast(top.indices[:, 0], tf.int64)
+    return tf.where(p_value > alpha, tf.constant(ABSTAIN, tf.int64), classes)
 
 
 def max_certifiable_radius(sigma, num_samples, alpha):

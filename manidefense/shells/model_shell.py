@@ -5,6 +5,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from manidefense import serving
+from manidefense._wrapping import build_from_base, build_from_saved
 from manidefense.attacks.gradients import OUTPUTS, logits_function
 from manidefense.shells.search import SearchFactor
 from manidefense.validation import check_choice, check_images, check_positive_int
@@ -43,11 +45,14 @@ class ModelShell(keras.Model):
             raise ValueError("Argument `search` must be a search factor such as MCN(delta=0.1). "
                              f"Received: search={search!r}")
         self.base_model = base_model
-        self.built = bool(getattr(base_model, "built", False))  # its weights are all there are
         self.search_factor = search
         self.base_output = check_choice("output", output, OUTPUTS)
+        # A sampling search draws from its own SeedGenerator; an attribute of the shell is
+        # tracked, so its state is saved with the model and exported with it.
+        self.search_seed_generator = getattr(search, "_seed_generator", None)
         object.__setattr__(self, "_logits_fn", logits_function(base_model, output))
         object.__setattr__(self, "_search_graphs", {})
+        build_from_base(self, base_model)  # last: building locks the tracked state
 
     @property
     def randomized(self):
@@ -94,9 +99,22 @@ class ModelShell(keras.Model):
         return tuple(np.concatenate([ops.convert_to_numpy(p[k]) for p in parts])
                      for k in range(4))
 
+    def build(self, input_shape):
+        """Nothing to create: the base model holds every weight (records the input shape)."""
+
     def build_from_config(self, config):
-        """Nothing to build: the sub-models restored by `from_config` hold every weight."""
-        self.built = True
+        build_from_saved(self, config)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Exports the shell as a TensorFlow SavedModel (`manidefense.serving.export`): the
+        `serve` endpoint returns the shell's class probabilities (the search runs inside the
+        graph); a sampling shell adds `serve_seeded(inputs, seed)`."""
+        if format != "tf_saved_model" or kwargs:
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        return serving.export(self, filepath, input_signature=input_signature,
+                              verbose=bool(verbose))
 
     def compute_output_shape(self, input_shape):
         return self.base_model.compute_output_shape(input_shape)

@@ -21,7 +21,7 @@ class ClassifierTrainer(keras.Model):
 
     Subclasses set `self._trackers` (name -> `keras.metrics.Mean`, with at least `loss`,
     `clean_loss` and `accuracy`), write `train_step`, and end their `__init__` with
-    `self.built = True` when the classifier is built.
+    `_wrapping.build_from_base(self, classifier)`.
     """
 
     def __init__(self, classifier, output="auto", seed=None, **kwargs):

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from manidefense._wrapping import build_from_base
 from manidefense.attacks import PGD, LatentPGD
 from manidefense.attacks.base import Attack
 from manidefense.attacks.pgd import pgd_loop
@@ -100,8 +101,7 @@ class DualManifoldTrainer(ClassifierTrainer):
             if attack is not None:
                 attack._seed_generator = self.seed_generator
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self._metric_names()}
-        if classifier.built:
-            self.built = True
+        build_from_base(self, classifier)  # last: building locks the tracked state
 
     # === Configuration ===
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from manidefense._wrapping import build_from_base
 from manidefense.attacks.gradients import logits_function
 from manidefense.attacks.latent import (
     GenerativeAttack,
@@ -116,8 +117,7 @@ class GenerativeAdversarialTrainer(ClassifierTrainer):
         self._trackers = {name: keras.metrics.Mean(name=name) for name in (
             "loss", "clean_loss", "accuracy", "adversarial_loss", "kept_fraction",
             "mean_iterations")}
-        if classifier.built:
-            self.built = True
+        build_from_base(self, classifier)  # last: building locks the tracked state
 
     def get_config(self):
         config = super().get_config()
