@@ -7,14 +7,17 @@ projects onto the eps-ball and clips to `bounds` even if a subclass forgot. Subc
 write `_attack_batch`, a graph-safe function of one batch.
 """
 
+import copy
 import inspect
 import random as python_random
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from manidefense import distribute
 from manidefense.attacks import norms
 from manidefense.attacks.gradients import OUTPUTS, logits_function, output_kind, weak_reference
 from manidefense.attacks.objectives import is_successful, objective
@@ -88,7 +91,9 @@ class Attack:
         self.jit_compile = jit_compile
         self.output = check_choice("output", output, OUTPUTS)
         self._seed_generator = None
+        self._call_seed = None
         self._graphs = {}
+        self._replica_copies = {}  # id(strategy) -> (weakref, per-replica copies)
 
     # === To be written by subclasses ===
 
@@ -120,18 +125,30 @@ class Attack:
             check_labels(t_np, len(t_np), "target", num_classes)
         self.output_kind_ = kind
         self._reset_seed()
-        run = self._graph(model, target is not None, x_np.shape[1:])
-        out = np.empty(x_np.shape, dtype=np.float32)
-        starts = range(0, len(x_np), self.batch_size)
-        bar = keras.utils.Progbar(len(x_np)) if self.verbose and len(starts) > 1 else None
-        for start in starts:
-            sl = slice(start, start + self.batch_size)
-            xb = tf.constant(x_np[sl], dtype=tf.float32)
-            yb = tf.constant(y_np[sl])
-            tb = None if t_np is None else tf.constant(t_np[sl])
-            out[sl] = self._restarts(run, xb, yb, tb).numpy()
-            if bar is not None:
-                bar.add(len(x_np[sl]))
+        num_batches = -(-len(x_np) // self.batch_size)
+
+        def batch(attack, k):
+            """Batch k, with random numbers that depend on the seed and k only."""
+            sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            attack._seed_batch(k)
+            run = attack._graph(model, t_np is not None, x_np.shape[1:])
+            return attack._restarts(run, tf.constant(x_np[sl], dtype=tf.float32),
+                                    tf.constant(y_np[sl]),
+                                    None if t_np is None else tf.constant(t_np[sl]))
+
+        strategy = distribute.current_strategy()
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            replicas = self._replicas(strategy)
+            empty = tf.zeros((0, *x_np.shape[1:]), tf.float32)
+            out = distribute.map_batches(
+                strategy, lambda r, k: batch(replicas[r], k), num_batches, empty).numpy()
+        else:
+            out = np.empty(x_np.shape, dtype=np.float32)
+            bar = keras.utils.Progbar(len(x_np)) if self.verbose and num_batches > 1 else None
+            for k in range(num_batches):
+                out[k * self.batch_size:(k + 1) * self.batch_size] = batch(self, k).numpy()
+                if bar is not None:
+                    bar.add(min(self.batch_size, len(x_np) - k * self.batch_size))
         out = out.astype(x_np.dtype, copy=False)
         return out if is_numpy else ops.convert_to_tensor(out)
 
@@ -151,11 +168,36 @@ class Attack:
     def _reset_seed(self):
         # seed=None follows Python's global RNG, as Keras does, so set_random_seed applies.
         seed = self.seed if self.seed is not None else python_random.randint(1, 2**31 - 1)
+        self._call_seed = seed
+        self._seed_batch(0)
+
+    def _seed_batch(self, k):
+        """Batch k of a call draws from state [seed, k * 2**32]: its own stream (a draw advances
+        the second word by one), whatever device runs it and whatever ran before."""
         if self._seed_generator is None:
-            self._seed_generator = keras.random.SeedGenerator(seed)
-        self._seed_generator.state.assign(
-            ops.convert_to_tensor([seed, 0], dtype=self._seed_generator.state.dtype)
-        )
+            self._seed_generator = keras.random.SeedGenerator(self._call_seed)
+        self._seed_generator.state.assign(ops.convert_to_tensor(
+            [self._call_seed, k << 32], dtype=self._seed_generator.state.dtype))
+
+    def _replicas(self, strategy):
+        """One copy of this attack per replica of `strategy`, each with its own graphs and its
+        own seed state on the replica's device (replicas run concurrently)."""
+        cached = self._replica_copies.get(id(strategy))
+        if cached is None or cached[0]() is not strategy:
+            copies = []
+            for device in distribute.replica_devices(strategy):
+                replica = copy.copy(self)
+                replica._graphs = {}
+                replica._replica_copies = {}
+                with tf.device(device):
+                    replica._seed_generator = keras.random.SeedGenerator(0)
+                copies.append(replica)
+            cached = (weakref.ref(strategy), copies)
+            self._replica_copies[id(strategy)] = cached
+        for replica in cached[1]:
+            replica._call_seed = self._call_seed
+            replica.output_kind_ = self.output_kind_
+        return cached[1]
 
     def _graph(self, model, targeted, feature_shape):
         key = (id(model), targeted, tuple(feature_shape))

@@ -19,6 +19,7 @@ import tensorflow as tf
 from keras import ops
 
 import manidefense
+from manidefense import distribute
 from manidefense.attacks import FGSM, PGD, UniformNoise
 from manidefense.attacks.adaptive import adaptive_model, draws_per_call, is_randomized
 from manidefense.attacks.gradients import output_kind
@@ -206,7 +207,7 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
                         adaptive=True, eot_samples=20, num_draws=None, checks="fast",
                         batch_size=256, chunk_size=1000, alpha=0.05, seed=0,
                         knowledge="white-box: the attacker knows the model and the defense",
-                        state_path=None, keep_examples=True, verbose=False):
+                        state_path=None, keep_examples=True, strategy=None, verbose=False):
     """Evaluates a (defended) classifier against a cascade of attacks; returns a report.
 
     Args:
@@ -235,6 +236,10 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
         state_path: `.npz` file where progress is saved after every chunk; an evaluation with
             the same data, attacks and threat model resumes from it.
         keep_examples: keep the worst-case inputs in `report.adversarial_examples`.
+        strategy: a `tf.distribute.Strategy` whose replicas run the attacks' batches
+            (`MirroredStrategy` for one machine's devices, `MultiWorkerMirroredStrategy`
+            across machines, every worker running this same call); per-example results equal
+            the single-device run's (see `manidefense.distribute`). None: one device.
         verbose: progress bar over examples.
 
     Returns:
@@ -254,6 +259,7 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
     eot_samples = check_positive_int("eot_samples", eot_samples)
     if state_path is not None and not str(state_path).endswith(".npz"):
         raise ValueError(f"Argument `state_path` must end in .npz. Received: {state_path!r}")
+    distribute.check_strategy(strategy)
     probe = model(ops.convert_to_tensor(x[:8], dtype="float32"), training=False)
     if len(probe.shape) != 2 or probe.shape[-1] < 2:
         raise ValueError("Argument `model` must return (batch, num_classes) outputs. "
@@ -286,8 +292,9 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
         flags.append(checklist.check_outputs(output_kind(model, probe)))
         flags.append(checklist.check_randomness(randomized, declared, threat["eot_samples"]))
 
-    result = _run_cascade(model, attack_model, x, y, plan, threat, num_draws, batch_size,
-                          chunk_size, state_path, keep_examples, verbose)
+    with distribute.distributed(strategy):  # every attack below runs on the replicas
+        result = _run_cascade(model, attack_model, x, y, plan, threat, num_draws, batch_size,
+                              chunk_size, state_path, keep_examples, verbose)
     clean_correct, robust, broken_by, stats, x_worst = result
     n = len(x)
     attacks_out, remaining = [], int(clean_correct.sum())
@@ -298,8 +305,9 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
                             "broken": int(broken), "invalid": int(invalid),
                             "accuracy_after": remaining / n, "seconds": float(seconds)})
 
-    unforeseen_out = _run_unforeseen(model, attack_model, x, y, clean_correct, unforeseen,
-                                     num_draws, batch_size, bounds, alpha, verbose)
+    with distribute.distributed(strategy):
+        unforeseen_out = _run_unforeseen(model, attack_model, x, y, clean_correct, unforeseen,
+                                         num_draws, batch_size, bounds, alpha, verbose)
     if checks_level != "none" and lp_evaluated:
         flags += _cascade_flags(plan, attacks_out, n)
         if any(kind == "gradient" for _, _, kind in plan):
@@ -310,12 +318,14 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
                 diagnostics["gradient_health"] = health
                 flags.append(checklist.check_gradients(health))
     if checks_level == "full" and lp_evaluated:
-        flags += _full_checks(model, attack_model, x, y, clean_correct, robust, broken_by,
-                              x_worst, plan, attacks_out, threat, num_classes, num_draws,
-                              batch_size, seed, diagnostics)
+        with distribute.distributed(strategy):
+            flags += _full_checks(model, attack_model, x, y, clean_correct, robust, broken_by,
+                                  x_worst, plan, attacks_out, threat, num_classes,
+                                  num_draws, batch_size, seed, diagnostics)
     meta = {"manidefense": manidefense.__version__, "keras": keras.__version__,
             "tensorflow": tf.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "seed": seed,
+            "replicas": 1 if strategy is None else int(strategy.num_replicas_in_sync),
             "model": getattr(model, "name", type(model).__name__),
             "seconds": round(time.time() - started, 2)}
     return RobustnessReport(threat, clean_correct, robust, broken_by, attacks_out,
