@@ -22,11 +22,13 @@ import contextvars
 
 import tensorflow as tf
 
+__all__ = ["current_strategy", "distributed", "map_batches"]
+
 _STRATEGY = contextvars.ContextVar("manidefense_strategy", default=None)
 
 
 @contextlib.contextmanager
-def distributed(strategy):
+def distributed(strategy: tf.distribute.Strategy | None):
     """Within this context, attacks run their batches on `strategy`'s replicas.
 
     Args:
@@ -45,8 +47,13 @@ def distributed(strategy):
         _STRATEGY.reset(token)
 
 
-def current_strategy():
-    """The strategy set by the innermost `distributed` context, or None."""
+def current_strategy() -> tf.distribute.Strategy | None:
+    """The strategy set by the innermost `distributed` context, or None.
+
+    Example:
+    >>> with distributed(strategy):
+    ...     assert current_strategy() is strategy
+    """
     return _STRATEGY.get()
 
 
@@ -66,7 +73,8 @@ def replica_devices(strategy):
     return [local[r % len(local)] for r in range(strategy.num_replicas_in_sync)]
 
 
-def map_batches(strategy, fn, num_batches, empty):
+def map_batches(strategy: tf.distribute.Strategy, fn, num_batches: int,
+                empty: tf.Tensor) -> tf.Tensor:
     """Runs `fn(replica, batch)` for every batch index, one batch per replica at a time.
 
     Args:
@@ -79,6 +87,10 @@ def map_batches(strategy, fn, num_batches, empty):
     Returns:
         The results of every batch concatenated in batch order, as a tensor (every worker of a
         multi-worker strategy gets all of them).
+
+    Example:
+    >>> batches = [tf.fill((4, 2), float(k)) for k in range(5)]
+    >>> map_batches(strategy, lambda replica, k: batches[k] * 2, 5, tf.zeros((0, 2)))
     """
     replicas = strategy.num_replicas_in_sync
     parts = []

@@ -16,15 +16,19 @@ call and restores the streams afterwards: equal seeds give equal outputs in any 
 different seeds give independent draws of the defense's output distribution.
 """
 
+import os
+
 import keras
 import tensorflow as tf
 
 from manidefense.attacks.adaptive import is_randomized
 
+__all__ = ["export", "input_signature_of", "seed_generators", "with_seed"]
+
 SERVE = "serve"
 
 
-def seed_generators(model):
+def seed_generators(model: keras.layers.Layer) -> list[keras.random.SeedGenerator]:
     """Every `keras.random.SeedGenerator` a model's call draws from, each once.
 
     Args:
@@ -46,12 +50,16 @@ def seed_generators(model):
     return found
 
 
-def input_signature_of(model, input_signature=None):
+def input_signature_of(model: keras.Model, input_signature=None) -> list[tf.TensorSpec]:
     """The `tf.TensorSpec` list an exported endpoint takes: `input_signature` if given, else
     the model's (a functional model's inputs, or the shape it was built or first called with).
 
     Raises:
         ValueError: the model has no known input shape and no `input_signature` was given.
+
+    Example:
+    >>> input_signature_of(md.zoo.small_cnn())
+    [TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32, name=None)]
     """
     if input_signature is not None:
         specs = list(input_signature) if isinstance(input_signature, (list, tuple)) else [
@@ -79,7 +87,9 @@ def input_signature_of(model, input_signature=None):
     return out
 
 
-def export(model, filepath, *, input_signature=None, options=None, seeded=None, verbose=False):
+def export(model: keras.Model, filepath: str | os.PathLike, *, input_signature=None,
+           options: dict | None = None, seeded: bool | None = None,
+           verbose: bool = False) -> list[str]:
     """Writes a defended model as a TensorFlow SavedModel for `tf.saved_model.load`/TF Serving.
 
     Endpoints (each also a signature of the same name; `serving_default` is `serve`):
@@ -169,11 +179,16 @@ def _seeded(generators, fn):
 
 
 
-def with_seed(generators, seed, fn):
+def with_seed(generators: list[keras.random.SeedGenerator], seed, fn):
     """Runs `fn()` with every generator's state set from `seed`, then restores the states.
 
     Generator i gets state `[seed, i * 2**32]`: distinct streams of the same seed (a draw
-    advances the second word by one, so streams never meet).
+    advances the second word by one, so streams never meet). Works eagerly and in a graph.
+
+    Example:
+    >>> generators = seed_generators(defended)
+    >>> a = with_seed(generators, 7, lambda: defended(x))
+    >>> b = with_seed(generators, 7, lambda: defended(x))  # equal to a
     """
     saved = [tf.identity(g.state) for g in generators]
     with tf.control_dependencies(saved):
