@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data demo test lint unit bench clean
+.PHONY: setup data demo test lint docs unit bench clean
 
 setup: $(STAMP) data
 
@@ -40,13 +40,18 @@ demo: $(STAMP) data
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The documentation site (MkDocs Material + mkdocstrings + mkdocs-jupyter) into site/; --strict
+# turns every warning (a broken cross-reference, a missing page) into a failure.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-test: $(STAMP) data lint unit
+test: $(STAMP) data lint docs unit
 
 bench: $(STAMP)
 	$(PY) bench/attack_speed.py
 
 clean:
-	rm -rf $(VENV) manidefense-demo .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) manidefense-demo site .pytest_cache .ruff_cache *.egg-info
