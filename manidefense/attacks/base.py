@@ -77,8 +77,9 @@ class Attack:
     # What the attack perturbs, for error messages ("w" for latent attacks).
     _input_name = "x"
 
-    def __init__(self, *, bounds=(0.0, 1.0), batch_size=256, num_restarts=1, loss="ce",
-                 seed=None, verbose=False, jit_compile="auto", output="auto"):
+    def __init__(self, *, bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
+                 num_restarts: int = 1, loss: str = "ce", seed: int | None = None,
+                 verbose: bool = False, jit_compile: bool | str = "auto", output: str = "auto"):
         self.bounds = check_bounds(bounds)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.num_restarts = check_positive_int("num_restarts", num_restarts)
@@ -103,7 +104,7 @@ class Attack:
 
     # === The contract ===
 
-    def __call__(self, model, x, y, target=None):
+    def __call__(self, model: keras.Model, x, y, target=None):
         """Runs the attack.
 
         Args:

@@ -27,7 +27,8 @@ def _certified(radii, classes, labels):
     return np.where(correct, radii, -np.inf), correct
 
 
-def certified_accuracy(radii, classes, labels, thresholds):
+def certified_accuracy(radii: np.ndarray, classes: np.ndarray, labels: np.ndarray,
+                       thresholds) -> np.ndarray:
     """Fraction of test points certified with their true class at each radius threshold.
 
     Args:
@@ -52,7 +53,8 @@ def certified_accuracy(radii, classes, labels, thresholds):
     return float(accuracy[0]) if r.ndim == 0 else accuracy.reshape(r.shape)
 
 
-def average_certified_radius(radii, classes, labels):
+def average_certified_radius(radii: np.ndarray, classes: np.ndarray,
+                             labels: np.ndarray) -> float:
     """ACR: mean certified radius over all test points, 0 for wrong or abstained ones.
 
     Example:

@@ -78,8 +78,9 @@ class SmoothedClassifier(keras.Model):
     randomized = True
     non_differentiable = True
 
-    def __init__(self, base_model, num_classes, sigma, num_samples=100, batch_size=1000,
-                 bounds=(0.0, 1.0), seed=None, **kwargs):
+    def __init__(self, base_model: keras.Model, num_classes: int, sigma: float,
+                 num_samples: int = 100, batch_size: int = 1000,
+                 bounds: tuple[float, float] = (0.0, 1.0), seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not callable(base_model):
             raise ValueError("Argument `base_model` must be a Keras classifier. "
@@ -151,7 +152,8 @@ class SmoothedClassifier(keras.Model):
 
     # === Cohen et al.'s algorithms ===
 
-    def predict(self, x, num_samples=100, alpha=0.001, batch_size=None, verbose=False):
+    def predict(self, x: np.ndarray, num_samples: int = 100, alpha: float = 0.001,
+                batch_size: int | None = None, verbose: bool = False) -> np.ndarray:
         """PREDICT: the smoothed class, or `ABSTAIN` when the top two classes cannot be told
         apart (two-sided binomial test of their counts at level `alpha`).
 
@@ -174,8 +176,10 @@ class SmoothedClassifier(keras.Model):
         counts = self.sample_counts(x, num_samples, batch_size, verbose)
         return predict_from_counts(counts, alpha).numpy()
 
-    def certify(self, x, num_samples_selection=100, num_samples_estimation=10_000, alpha=0.001,
-                batch_size=None, verbose=False):
+    def certify(self, x: np.ndarray, num_samples_selection: int = 100,
+                num_samples_estimation: int = 10_000, alpha: float = 0.001,
+                batch_size: int | None = None,
+                verbose: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """CERTIFY: the smoothed class and a certified L2 radius around each input.
 
         The top class c_A is chosen on `num_samples_selection` draws, then its probability is
@@ -224,7 +228,8 @@ class SmoothedClassifier(keras.Model):
         classes = np.where(certified, selected, ABSTAIN).astype(np.int64)
         return classes, np.where(certified, radii, 0.0)
 
-    def sample_counts(self, x, num_samples, batch_size=None, verbose=False):
+    def sample_counts(self, x: np.ndarray, num_samples: int, batch_size: int | None = None,
+                      verbose: bool = False) -> np.ndarray:
         """Votes of the base model on `num_samples` noisy copies of each input.
 
         Args:
@@ -363,7 +368,7 @@ class SmoothedClassifier(keras.Model):
         return cls(**config)
 
 
-def predict_from_counts(counts, alpha):
+def predict_from_counts(counts, alpha: float) -> tf.Tensor:
     """PREDICT's decision from vote counts: the top class, or `ABSTAIN` where the two-sided
     binomial test of the top two counts has a p-value above `alpha` (`stats.binomial_test`,
     in a graph). Ties go to the lower class index.
@@ -389,7 +394,7 @@ def predict_from_counts(counts, alpha):
     return tf.where(p_value > alpha, tf.constant(ABSTAIN, tf.int64), classes)
 
 
-def max_certifiable_radius(sigma, num_samples, alpha):
+def max_certifiable_radius(sigma: float, num_samples: int, alpha: float) -> float:
     """The largest radius CERTIFY can return: σ Φ⁻¹(α^(1/n)), reached when all `num_samples`
     votes agree (≤ 0 when no certificate is possible at all).
 

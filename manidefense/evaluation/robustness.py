@@ -49,10 +49,23 @@ _TOLERANCE = 1e-4  # relative slack on ‖δ‖ ≤ eps when auditing returned e
 
 
 
-def predict_majority(model, x, num_draws=1, batch_size=256):
+def predict_majority(model: keras.Model, x: np.ndarray, num_draws: int = 1,
+                     batch_size: int = 256) -> np.ndarray:
     """Labels by majority vote over `num_draws` calls (one call for deterministic models).
 
     Every call draws fresh randomness; ties go to the smaller class index.
+
+    Args:
+        model: a Keras classifier.
+        x: inputs, batch first.
+        num_draws: calls per input (votes).
+        batch_size: inputs per compiled call.
+
+    Returns:
+        An int64 array of labels.
+
+    Example:
+    >>> labels = predict_majority(defended, x_test, num_draws=11)
     """
     fn = checklist.predict_function(model, x.shape[1:])
     votes = None
@@ -203,22 +216,30 @@ def _save_state(path, state):
     os.replace(tmp, path)  # atomic: an interrupted save never corrupts the previous state
 
 
-def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bounds=(0.0, 1.0),
-                        adaptive=True, eot_samples=20, num_draws=None, checks="fast",
-                        batch_size=256, chunk_size=1000, alpha=0.05, seed=0,
-                        knowledge="white-box: the attacker knows the model and the defense",
-                        state_path=None, keep_examples=True, strategy=None, verbose=False):
+def evaluate_robustness(
+        model: keras.Model, x: np.ndarray, y: np.ndarray, attacks=None, *,
+        eps: float | None = None, norm: str | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0), adaptive: bool = True,
+        eot_samples: int = 20, num_draws: int | None = None, checks: str = "fast",
+        batch_size: int = 256, chunk_size: int = 1000, alpha: float = 0.05, seed: int = 0,
+        knowledge: str = "white-box: the attacker knows the model and the defense",
+        state_path: str | os.PathLike | None = None, keep_examples: bool = True,
+        strategy: tf.distribute.Strategy | None = None,
+        verbose: bool = False) -> RobustnessReport:
     """Evaluates a (defended) classifier against a cascade of attacks; returns a report.
 
     Args:
         model: the full defended Keras classifier (logits or probabilities).
-        x: inputs within `bounds`. y: integer labels.
+        x: inputs within `bounds`.
+        y: integer labels.
         attacks: attack objects and/or preset names (`presets.PRESETS`), run as a cascade;
             an entry may be a `(name, attack)` pair, or `attacks` a `{name: attack}` dict,
             to label it in the report (default label: its repr, or its class name when the
             repr is long). None runs `presets.default_attacks` (APGD-CE, APGD-T, Square for
             L∞/L2).
-        eps, norm, bounds: the threat model (eps and norm default to the attacks' own).
+        eps: the threat model's budget (default: the attacks' own).
+        norm: `"linf"`, `"l2"` or `"l1"` (default: the attacks' own).
+        bounds: valid input range.
         adaptive: apply BPDA to layers declaring `non_differentiable` and EoT to randomized
             models (declared or detected), as `attacks.adaptive.adaptive_model` does.
         eot_samples: random draws averaged per gradient for randomized models (a model that
@@ -228,8 +249,8 @@ def evaluate_robustness(model, x, y, attacks=None, *, eps=None, norm=None, bound
         checks: `"fast"` (E6, E7, E9, E12–E14, E17: a few extra forward passes),
             `"full"` (adds E10 unbounded attack, E11 security curve, E15 convergence, on
             subsets of at most 200 points) or `"none"`.
-        batch_size: examples per compiled attack call. chunk_size: examples per cascade pass
-            (the unit of progress and of resuming).
+        batch_size: examples per compiled attack call.
+        chunk_size: examples per cascade pass (the unit of progress and of resuming).
         alpha: error level of the Clopper–Pearson intervals.
         seed: base seed of the preset attacks and baselines.
         knowledge: the attacker's knowledge, recorded in the threat model.

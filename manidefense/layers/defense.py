@@ -66,8 +66,9 @@ def outputs_logits(classifier):
     return getattr(activation, "__name__", "") != "softmax"
 
 
-def rbf_defense(classifier, rbf, beta1=TEST_BETA1, beta2=1.75, num_samples=10, clip=True,
-                from_logits=None, seed=None, name="rbf_defense"):
+def rbf_defense(classifier: keras.Model, rbf, beta1: float = TEST_BETA1, beta2: float = 1.75,
+                num_samples: int = 10, clip: bool = True, from_logits: bool | None = None,
+                seed: int | None = None, name: str = "rbf_defense") -> keras.Model:
     """RBF-CNN: a classifier behind an RBF layer and a reconstruction layer (Fig. 1, eq. 5).
 
     The model repeats each input `num_samples` times, reconstructs every copy with its own
@@ -80,8 +81,9 @@ def rbf_defense(classifier, rbf, beta1=TEST_BETA1, beta2=1.75, num_samples=10, c
         classifier: a built Keras classifier (logits or probabilities), trained on
             reconstructed images (rCNN) for good clean accuracy.
         rbf: a fitted `RBFLayer` for the classifier's input shape.
-        beta1, beta2, clip: `ReconstructionLayer` arguments (test-time β1 = 25 ln 2 and the
-            authors' MNIST noise β2 = 1.75 by default).
+        beta1: `ReconstructionLayer`'s softmax sharpness (test-time β1 = 25 ln 2).
+        beta2: `ReconstructionLayer`'s template noise (the authors' MNIST β2 = 1.75).
+        clip: clip the reconstruction to the RBF layer's bounds.
         num_samples: noise draws averaged per prediction (the authors' m = 10).
         from_logits: whether `classifier` returns logits; None detects it from its last layer.
         seed: seed of the reconstruction noise.

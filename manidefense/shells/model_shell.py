@@ -36,7 +36,8 @@ class ModelShell(keras.Model):
 
     non_differentiable = True
 
-    def __init__(self, base_model, search, output="auto", **kwargs):
+    def __init__(self, base_model: keras.Model, search: SearchFactor, output: str = "auto",
+                 **kwargs):
         super().__init__(**kwargs)
         if not callable(base_model):
             raise ValueError("Argument `base_model` must be a Keras classifier. "
@@ -75,7 +76,7 @@ class ModelShell(keras.Model):
         z = ops.stop_gradient(self.search_factor.find(self._logits_fn, x)[0])
         return ops.softmax(self._logits_fn(z), axis=-1)
 
-    def search(self, x, batch_size=128):
+    def search(self, x: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, ...]:
         """Runs the search factor: the embedded points and what the base model says there.
 
         Args:

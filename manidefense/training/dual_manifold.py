@@ -48,9 +48,11 @@ class DualManifoldTrainer(ClassifierTrainer):
         latent_attack: a `LatentPGD` on `generator`, or None. Default (when a generator is
             given): the authors' `LatentPGD(generator, eta=0.02, step_size=0.005, num_steps=5)`.
         objective: `"ce"` or `"trades"`.
-        clean_weight, image_weight, latent_weight: loss weights; None picks the paper's: for
-            `"ce"` no clean term and 0.5/0.5 with both attacks (1.0 with one; clean 1.0 with
-            none), for `"trades"` all 1.0 (eq. 11).
+        clean_weight: weight of the clean loss; None picks the paper's: for `"ce"` no clean
+            term (1.0 with no attack), for `"trades"` 1.0 (eq. 11).
+        image_weight: weight of the image-adversarial loss; None: 0.5 with both attacks
+            (1.0 with one) for `"ce"`, 1.0 for `"trades"`.
+        latent_weight: weight of the latent-adversarial loss, chosen like `image_weight`.
         trades_beta: TRADES' β (6.0 in TRADES and DMAT).
         output: `"auto"`, `"logits"` or `"probabilities"`: what the classifier returns.
         seed: int seed of the attacks' random starts (a `SeedGenerator` the trainer owns, so
@@ -71,9 +73,11 @@ class DualManifoldTrainer(ClassifierTrainer):
     >>> classifier.save("dmat.keras")
     """
 
-    def __init__(self, classifier, generator=None, image_attack=_DEFAULT, latent_attack=_DEFAULT,
-                 objective="ce", clean_weight=None, image_weight=None, latent_weight=None,
-                 trades_beta=6.0, output="auto", seed=None, **kwargs):
+    def __init__(self, classifier: keras.Model, generator: keras.Model | None = None,
+                 image_attack=_DEFAULT, latent_attack=_DEFAULT, objective: str = "ce",
+                 clean_weight: float | None = None, image_weight: float | None = None,
+                 latent_weight: float | None = None, trades_beta: float = 6.0,
+                 output: str = "auto", seed: int | None = None, **kwargs):
         super().__init__(classifier, output=output, seed=seed, **kwargs)
         self.objective = check_choice("objective", objective, ("ce", "trades"))
         self.trades_beta = check_non_negative("trades_beta", trades_beta)

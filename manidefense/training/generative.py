@@ -76,9 +76,11 @@ class GenerativeAdversarialTrainer(ClassifierTrainer):
     >>> classifier.save("gat.keras")
     """
 
-    def __init__(self, classifier, generator=None, attack=None, layer_groups=None,
-                 max_iterations=10, clean_weight=0.5, adversarial_weight=0.5, oversample=1,
-                 output="auto", seed=None, **kwargs):
+    def __init__(self, classifier: keras.Model, generator: keras.Model | None = None,
+                 attack=None, layer_groups=None, max_iterations: int = 10,
+                 clean_weight: float = 0.5, adversarial_weight: float = 0.5,
+                 oversample: int = 1, output: str = "auto", seed: int | None = None,
+                 **kwargs):
         super().__init__(classifier, output=output, seed=seed, **kwargs)
         if attack is None:
             if generator is None:
@@ -139,7 +141,7 @@ class GenerativeAdversarialTrainer(ClassifierTrainer):
 
     # === Adversarial examples (inference mode, no gradient to the classifier) ===
 
-    def adversarial_batch(self, labels, group=None):
+    def adversarial_batch(self, labels, group: int | None = None) -> dict:
         """Generates and attacks one candidate per label (graph-safe).
 
         Args:
