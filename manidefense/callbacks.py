@@ -5,10 +5,13 @@ writes `val_robust_accuracy` into the epoch logs, so `EarlyStopping`, `ModelChec
 `CSVLogger`, `TensorBoard` and the `History` use it like any other metric.
 """
 
+import os
 import re
+from collections.abc import Sequence
 
 import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.attacks.base import Attack
 from manidefense.validation import check_images, check_labels, check_positive_int
@@ -49,8 +52,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
     >>> model.fit(x, y, epochs=20, callbacks=[monitor, stop])
     """
 
-    def __init__(self, attack, validation_data, every=1, num_examples=None, log_dir=None,
-                 num_images=8, names=None):
+    def __init__(self, attack: Attack | Sequence[Attack],
+                 validation_data: tuple[ArrayLike, ArrayLike], every: int = 1,
+                 num_examples: int | None = None, log_dir: str | os.PathLike | None = None,
+                 num_images: int = 8, names: Sequence[str] | None = None):
         super().__init__()
         attacks = list(attack) if isinstance(attack, (list, tuple)) else [attack]
         if not attacks or not all(isinstance(a, Attack) for a in attacks):
@@ -89,8 +94,22 @@ class RobustnessMonitor(keras.callbacks.Callback):
     def _classifier(self):
         return getattr(self.model, "classifier", self.model)
 
-    def robust_accuracy(self):
-        """`{log name: accuracy}` for the current weights, and the first attack's examples."""
+    def robust_accuracy(self) -> tuple[dict[str, float], np.ndarray]:
+        """Attacks the subset with the current weights; what `on_epoch_end` writes to the logs.
+
+        Returns:
+            `(logs, x_adv)`: `logs` maps `val_robust_accuracy` (and, with several attacks,
+            `val_robust_accuracy_<name>`) to a fraction in `[0, 1]`; `x_adv` holds the first
+            attack's adversarial examples for the subset.
+
+        Example:
+        >>> monitor = manidefense.callbacks.RobustnessMonitor(
+        ...     manidefense.attacks.FGSM(eps=0.1), (x, y))
+        >>> monitor.set_model(model)
+        >>> logs, x_adv = monitor.robust_accuracy()
+        >>> sorted(logs), x_adv.shape == x.shape
+        (['val_robust_accuracy'], True)
+        """
         model = self._classifier()
         correct = np.ones(len(self.x), bool)
         logs, first = {}, None

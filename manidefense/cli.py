@@ -9,12 +9,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from manidefense.evaluation.report import RobustnessReport
+
+#: The demo's attacks: (name, class name, keyword arguments), the issue's reference settings.
 DEMO_ATTACKS = (
-    # name, class name, keyword arguments: the issue's reference settings.
     ("FGSM", "FGSM", {"eps": 0.1, "norm": "linf"}),
     ("PGD-Linf", "PGD", {"eps": 0.1, "norm": "linf", "step_size": 0.01, "num_steps": 20}),
     ("PGD-L2", "PGD", {"eps": 1.5, "norm": "l2", "num_steps": 20}),
@@ -126,8 +131,19 @@ def _load_model(path, imports):
     return keras.saving.load_model(path, safe_mode=True)
 
 
-def run_evaluate(args):
-    """`manidefense evaluate`: returns the `RobustnessReport`."""
+def run_evaluate(args: argparse.Namespace) -> "RobustnessReport":
+    """`manidefense evaluate`: returns the `RobustnessReport`.
+
+    Args:
+        args: the parsed `manidefense evaluate` arguments (`main` parses them).
+
+    Returns:
+        The report, also written as JSON to `args.out` (and Markdown to `args.markdown`).
+
+    Example:
+    >>> main(["evaluate", "--model", "model.keras", "--eps", "0.1", "--n", "200"])  # doctest: +SKIP
+    0
+    """
     import manidefense as md
 
     model = _load_model(args.model, args.imports)
@@ -145,9 +161,10 @@ def run_evaluate(args):
     return report
 
 
-def run_demo(dataset="fashion_mnist", train_size=12000, epochs=3, test_size=1000,
-             batch_size=128, seed=0, out="manidefense-demo", verbose=True, rbf=True,
-             rbf_test_size=200, em_steps=500):
+def run_demo(dataset: str = "fashion_mnist", train_size: int = 12000, epochs: int = 3,
+             test_size: int = 1000, batch_size: int = 128, seed: int = 0,
+             out: str | os.PathLike = "manidefense-demo", verbose: bool = True, rbf: bool = True,
+             rbf_test_size: int = 200, em_steps: int = 500) -> dict[str, Any]:
     """Trains `zoo.small_cnn`, attacks it, writes a PNG grid, a JSON of the results and the
     trained model (`model.keras`, ready for `manidefense evaluate --model`).
 
@@ -156,8 +173,26 @@ def run_demo(dataset="fashion_mnist", train_size=12000, epochs=3, test_size=1000
     `rbf_defense.keras` and adds its rows: clean accuracy on the test images, and FGSM and
     PGD-L∞ through BPDA + EoT (the paper's adaptive attack) on the first `rbf_test_size`.
 
+    Args:
+        dataset: a name of `datasets.NAMES`.
+        train_size: training images.
+        epochs: training epochs.
+        test_size: test images attacked.
+        batch_size: training batch size.
+        seed: seed of the weights, the data order and the attacks.
+        out: output folder.
+        verbose: print progress.
+        rbf: also build and attack the RBF-CNN defense.
+        rbf_test_size: test images for the adaptive attacks on the RBF defense.
+        em_steps: M-steps of the RBF layer's EM.
+
     Returns:
         A dict with the clean and adversarial accuracies, timings and written file paths.
+
+    Example:
+    >>> results = run_demo("synthetic", train_size=500, epochs=1, test_size=100,
+    ...                    rbf=False, out="demo", verbose=False)  # doctest: +SKIP
+    >>> print(format_table(results))  # doctest: +SKIP
     """
     import keras
 
@@ -275,8 +310,22 @@ def _write_outputs(out, x, y, adversarials, predictions, class_names, results):
     return {"png": str(png), "json": str(path)}
 
 
-def format_table(results):
-    """The demo's results as a fixed-width text table."""
+def format_table(results: Mapping[str, Any]) -> str:
+    """The demo's results as a fixed-width text table.
+
+    Args:
+        results: a dict with `"rows"`, each with `attack`, `budget`, `accuracy`,
+            `mean_distance` and `seconds` (as `run_demo` returns).
+
+    Returns:
+        The table, one line per row under a header.
+
+    Example:
+    >>> print(format_table({"rows": [{"attack": "PGD-Linf", "budget": "eps=0.1",
+    ...                               "accuracy": 0.05, "mean_distance": 0.098, "seconds": 3.2}]}))
+    attack         budget            accuracy  mean dist  seconds
+    PGD-Linf       eps=0.1               5.0%      0.098      3.2
+    """
     lines = [f"{'attack':<14} {'budget':<16} {'accuracy':>9} {'mean dist':>10} {'seconds':>8}"]
     for row in results["rows"]:
         lines.append(
@@ -286,8 +335,20 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def run_certify(args):
-    """`manidefense certify`: returns the summary dict (also written to `args.out`)."""
+def run_certify(args: argparse.Namespace) -> dict[str, Any]:
+    """`manidefense certify`: returns the summary dict (also written to `args.out`).
+
+    Args:
+        args: the parsed `manidefense certify` arguments (`main` parses them).
+
+    Returns:
+        The summary: settings, the certified-accuracy table, the ACR, and every example's
+        class and radius.
+
+    Example:
+    >>> main(["certify", "--model", "model.keras", "--sigma", "0.5"])  # doctest: +SKIP
+    0
+    """
     import manidefense as md
     from manidefense.certification import (
         SmoothedClassifier,
@@ -337,8 +398,19 @@ def run_certify(args):
     return summary
 
 
-def format_certification(summary):
-    """The Markdown table `manidefense certify` prints."""
+def format_certification(summary: Mapping[str, Any]) -> str:
+    """The Markdown table `manidefense certify` prints.
+
+    Args:
+        summary: the dict `run_certify` returns (or its JSON file, loaded).
+
+    Returns:
+        Markdown: the settings, certified accuracy per radius with 95% intervals, the ACR.
+
+    Example:
+    >>> summary = json.loads(Path("certification.json").read_text())  # doctest: +SKIP
+    >>> print(format_certification(summary))  # doctest: +SKIP
+    """
     lines = [f"Randomized smoothing of {summary['model']} on {summary['dataset']}: "
              f"σ = {summary['sigma']}, n0 = {summary['num_samples_selection']}, "
              f"n = {summary['num_samples']}, α = {summary['alpha']} "
@@ -370,8 +442,20 @@ def _guarded(command, run, args):
         return None
 
 
-def main(argv=None):
-    """Entry point of the `manidefense` console script."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `manidefense` console script.
+
+    Args:
+        argv: the arguments after the program name; None reads `sys.argv`.
+
+    Returns:
+        The exit status: 0 on success, 2 for a bad argument or missing data.
+
+    Example:
+    >>> main(["demo", "--dataset", "synthetic", "--train-size", "500", "--epochs", "1",
+    ...       "--test-size", "100", "--no-rbf", "--out", "demo"])  # doctest: +SKIP
+    0
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     if args.command == "demo":

@@ -38,6 +38,7 @@ import gzip
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,6 +121,14 @@ class DatasetNotFoundError(FileNotFoundError):
     """Raised when no local copy of a dataset is found and it cannot be downloaded.
 
     The message lists every way to make the data available.
+
+    Example:
+
+    >>> try:
+    ...     x, y = load("cifar10", "test")
+    ... except DatasetNotFoundError as error:
+    ...     print(error)  # where the files were looked for, and how to provide them
+    ...     x, y = load("synthetic", "test", shape=(32, 32, 3))
     """
 
 
@@ -128,7 +137,7 @@ class DatasetNotFoundError(FileNotFoundError):
 # --------------------------------------------------------------------------- #
 
 
-def num_classes(name):
+def num_classes(name: str) -> int:
     """Returns the number of classes of a dataset.
 
     Args:
@@ -150,7 +159,7 @@ def num_classes(name):
     return NUM_CLASSES[name]
 
 
-def class_names(name, num_classes=None):
+def class_names(name: str, num_classes: int | None = None) -> tuple[str, ...]:
     """Returns human-readable class names of a dataset, indexed by label.
 
     Args:
@@ -184,7 +193,14 @@ def class_names(name, num_classes=None):
     return _CLASS_NAMES[name]
 
 
-def load(name, split="train", limit=None, *, data_dir=None, **options):
+def load(
+    name: str,
+    split: str = "train",
+    limit: int | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray]:
     """Loads one split of a dataset as NHWC float32 images and int64 labels.
 
     Local copies are always preferred over downloads; see the module

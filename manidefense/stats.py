@@ -5,11 +5,14 @@ because it is slow to import.
 """
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.validation import check_fraction
 
 
-def clopper_pearson(successes, trials, alpha=0.05):
+def clopper_pearson(
+    successes: ArrayLike, trials: ArrayLike, alpha: float = 0.05
+) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
     """Two-sided Clopper–Pearson interval for a binomial proportion.
 
     The interval inverts two one-sided binomial tests, each at level `alpha / 2`:
@@ -44,7 +47,9 @@ def clopper_pearson(successes, trials, alpha=0.05):
     return lower, upper
 
 
-def lower_confidence_bound(successes, trials, alpha=0.001):
+def lower_confidence_bound(
+    successes: ArrayLike, trials: ArrayLike, alpha: float = 0.001
+) -> float | np.ndarray:
     """One-sided Clopper–Pearson lower bound: `P(p >= lower) >= 1 - alpha`.
 
     It is `Beta(k, n - k + 1).quantile(alpha)` (0 when `k = 0`), the lower end of a two-sided
@@ -73,7 +78,7 @@ def lower_confidence_bound(successes, trials, alpha=0.001):
     return float(lower) if lower.ndim == 0 else lower
 
 
-def binomial_test(successes, trials):
+def binomial_test(successes: ArrayLike, trials: ArrayLike) -> float | np.ndarray:
     """Two-sided exact binomial test of `p = 1/2`: the p-value of `k` successes in `n` trials.
 
     For `p = 1/2` the distribution is symmetric, so the p-value is

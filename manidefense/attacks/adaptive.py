@@ -89,7 +89,8 @@ class BPDA(keras.layers.Layer):
     >>> x_adv = attack(keras.Sequential([BPDA(quantize), classifier]), x, y)
     """
 
-    def __init__(self, layer, surrogate=None, **kwargs):
+    def __init__(self, layer: keras.layers.Layer, surrogate: keras.layers.Layer | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.layer = layer
         self.surrogate = surrogate
@@ -139,7 +140,7 @@ class EoT(keras.layers.Layer):
     breaks defenses that rely on noise to mislead single-sample gradients.
 
     Args:
-        model: the randomized classifier.
+        model: the randomized classifier (a layer or model).
         num_samples: random draws per input and per forward pass (≥ 20 for an evaluation, as
             the evaluation checklist asks).
 
@@ -147,7 +148,7 @@ class EoT(keras.layers.Layer):
     >>> x_adv = manidefense.attacks.PGD(eps=0.1)(EoT(noisy_model, num_samples=20), x, y)
     """
 
-    def __init__(self, model, num_samples=20, **kwargs):
+    def __init__(self, model: keras.layers.Layer, num_samples: int = 20, **kwargs):
         super().__init__(**kwargs)
         self.model = model
         self.num_samples = check_positive_int("num_samples", num_samples)
@@ -190,7 +191,8 @@ def _wrap_if_declared(layer):
     return layer
 
 
-def adaptive_model(model, eot_samples=20, randomized=None):
+def adaptive_model(model: keras.Model, eot_samples: int = 20,
+                   randomized: bool | None = None) -> tuple[keras.Model, list[str]]:
     """The model an adaptive attacker should differentiate: BPDA and EoT applied as declared.
 
     - A model that itself declares `non_differentiable` is wrapped whole in `BPDA` (with its
@@ -212,6 +214,13 @@ def adaptive_model(model, eot_samples=20, randomized=None):
     Returns:
         `(attack_model, notes)`: the wrapped model and a list of sentences saying what was
         applied or why something could not be, for the evaluation report.
+
+    Example:
+    >>> noisy = keras.Sequential([keras.layers.GaussianNoise(0.1), model])
+    >>> attack_model, notes = adaptive_model(noisy, eot_samples=20, randomized=True)
+    >>> type(attack_model).__name__, notes
+    ('EoT', ['EoT over 20 random draws per gradient (the model is randomized).'])
+    >>> x_adv = manidefense.attacks.PGD(eps=0.1, num_steps=10)(attack_model, x, y)
     """
     eot_samples = check_positive_int("eot_samples", eot_samples)
     notes, wrapped = [], model

@@ -203,7 +203,8 @@ class APGD(Attack):
         diverse parameter-free attacks", ICML 2020: Algorithm 1, Conditions 1-2, the DLR loss.
     """
 
-    def __init__(self, eps=0.1, norm="linf", num_steps=100, rho=0.75, alpha=0.75, **kwargs):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", num_steps: int = 100,
+                 rho: float = 0.75, alpha: float = 0.75, **kwargs):
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)
         self.norm = _check_apgd_norm(norm)

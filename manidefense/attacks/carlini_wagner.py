@@ -133,8 +133,9 @@ class MinimumDistanceAttack(Attack):
     binary search over the loss constant `c` (`CarliniWagnerL2`, `EAD`): it holds and checks
     their shared arguments, documented on those classes."""
 
-    def __init__(self, confidence=0.0, learning_rate=0.01, num_steps=1000, binary_search_steps=9,
-                 initial_const=1e-3, abort_early=True, eps=None, **kwargs):
+    def __init__(self, confidence: float = 0.0, learning_rate: float = 0.01, num_steps: int = 1000,
+                 binary_search_steps: int = 9, initial_const: float = 1e-3,
+                 abort_early: bool = True, eps: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.confidence = check_non_negative("confidence", confidence)
         self.learning_rate = check_positive("learning_rate", learning_rate)
@@ -258,9 +259,10 @@ class CarliniWagnerLinf(Attack):
     # the base class project the result onto the ball, where this attack returns `x` instead.
     threat_norm = "linf"
 
-    def __init__(self, confidence=0.0, learning_rate=5e-3, num_steps=1000, initial_const=1e-5,
-                 largest_const=20.0, const_factor=2.0, initial_tau=1.0, tau_decrease=0.9,
-                 min_tau=1 / 256, eps=None, **kwargs):
+    def __init__(self, confidence: float = 0.0, learning_rate: float = 5e-3, num_steps: int = 1000,
+                 initial_const: float = 1e-5, largest_const: float = 20.0,
+                 const_factor: float = 2.0, initial_tau: float = 1.0, tau_decrease: float = 0.9,
+                 min_tau: float = 1 / 256, eps: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.confidence = check_non_negative("confidence", confidence)
         self.learning_rate = check_positive("learning_rate", learning_rate)

@@ -72,9 +72,10 @@ class EAD(MinimumDistanceAttack):
     # the base class project the result onto the ball, where this attack returns `x` instead.
     threat_norm = "l1"
 
-    def __init__(self, beta=1e-2, confidence=0.0, learning_rate=1e-2, num_steps=1000,
-                 binary_search_steps=9, initial_const=1e-3, decision_rule="en",
-                 abort_early=True, eps=None, **kwargs):
+    def __init__(self, beta: float = 1e-2, confidence: float = 0.0, learning_rate: float = 1e-2,
+                 num_steps: int = 1000, binary_search_steps: int = 9, initial_const: float = 1e-3,
+                 decision_rule: str = "en", abort_early: bool = True, eps: float | None = None,
+                 **kwargs):
         super().__init__(confidence, learning_rate, num_steps, binary_search_steps,
                          initial_const, abort_early, eps, **kwargs)
         self.beta = check_non_negative("beta", beta)

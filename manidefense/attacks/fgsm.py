@@ -29,7 +29,7 @@ class FGSM(PGD):
 
     _keep_best = False
 
-    def __init__(self, eps=0.1, norm="linf", l1_sparsity=0.99, **kwargs):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", l1_sparsity: float = 0.99, **kwargs):
         super().__init__(eps=eps, norm=norm, step_size=None, num_steps=1, random_start=False,
                          l1_sparsity=l1_sparsity, **kwargs)
 

@@ -11,13 +11,18 @@ Reference:
 """
 
 
+from __future__ import annotations
+
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense.attacks import norms
 from manidefense.attacks.base import Attack, resolve_jit_compile
@@ -32,6 +37,9 @@ from manidefense.validation import (
     check_positive,
     check_positive_int,
 )
+
+if TYPE_CHECKING:
+    from manidefense.zoo.style import StyleGenerator
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
@@ -64,8 +72,10 @@ class LatentPGD(PGD):
 
     _input_name = "w"
 
-    def __init__(self, decoder, eta=0.02, norm="linf", step_size=None, num_steps=5,
-                 random_start=True, latent_bounds=None, l1_sparsity=0.99, **kwargs):
+    def __init__(self, decoder: keras.Model | Callable, eta: float = 0.02, norm: str = "linf",
+                 step_size: float | None = None, num_steps: int = 5, random_start: bool = True,
+                 latent_bounds: tuple[float, float] | None = None, l1_sparsity: float = 0.99,
+                 **kwargs):
         if "bounds" in kwargs:
             raise ValueError(
                 "Argument `bounds` does not apply to LatentPGD: it bounds images, and a latent "
@@ -86,7 +96,8 @@ class LatentPGD(PGD):
         self.bounds = self.latent_bounds or norms.UNBOUNDED
 
     @property
-    def eta(self):
+    def eta(self) -> float:
+        """The latent budget (the `eps` the PGD loop runs with)."""
         return self.eps
 
     def _logits_function(self, model):
@@ -102,13 +113,44 @@ class LatentPGD(PGD):
         images = _decode(self.decoder, ops.convert_to_tensor(w_sample, "float32"))
         return super()._probe(model, images)
 
-    def generate(self, model, w, y, target=None):
-        """Runs the attack and decodes: returns `(w_adv, G(w_adv))` as numpy arrays."""
+    def generate(self, model: keras.Model, w: ArrayLike, y: ArrayLike,
+                 target: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Runs the attack and decodes: returns `(w_adv, G(w_adv))` as numpy arrays.
+
+        Args:
+            model: the classifier attacked through the decoder.
+            w: latent codes `(batch, ...)`, e.g. `vae.encode(x)`.
+            y: integer labels of `G(w)`.
+            target: optional target classes (a targeted attack).
+
+        Returns:
+            `(w_adv, x_adv)`: the adversarial latents and their decoded images.
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=8)
+        >>> attack = manidefense.attacks.LatentPGD(vae.decoder, eta=0.5, num_steps=5, seed=0)
+        >>> w_adv, x_adv = attack.generate(model, vae.encode(x), y)
+        >>> w_adv.shape, x_adv.shape
+        ((8, 8), (8, 28, 28, 1))
+        """
         w_adv = np.asarray(self(model, w, y, target))
         return w_adv, self.decode(w_adv)
 
-    def decode(self, w):
-        """`G(w)` in batches of `batch_size`, as a float32 numpy array."""
+    def decode(self, w: ArrayLike) -> np.ndarray:
+        """`G(w)` in batches of `batch_size`, as a float32 numpy array.
+
+        Args:
+            w: latent codes `(batch, ...)`.
+
+        Returns:
+            The decoded images, float32.
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=8)
+        >>> attack = manidefense.attacks.LatentPGD(vae.decoder, eta=0.5)
+        >>> attack.decode(np.zeros((2, 8), "float32")).shape
+        (2, 28, 28, 1)
+        """
         w, n = np.asarray(w, dtype=np.float32), self.batch_size
         parts = [ops.convert_to_numpy(_decode(self.decoder, ops.convert_to_tensor(w[i:i + n])))
                  for i in range(0, len(w), n)]
@@ -157,6 +199,12 @@ class GenerativeExamples:
         success: whether the classifier was fooled (untargeted and least-likely modes: the
             prediction differs from `y`; with a user target: it equals the target).
         target: the classes descended towards (least-likely or user targets), or None.
+
+    Example:
+    >>> result = manidefense.attacks.GenerativeAttack(gen)(classifier, (styles, noises), labels)
+    >>> print(f"fooled {result.success.mean():.0%} in {result.iterations.mean():.1f} steps")
+    >>> styles_adv, noises_adv = result.latents
+    >>> same = gen.synthesize(styles_adv, noises_adv)  # == result.images
     """
 
     styles: list
@@ -167,7 +215,7 @@ class GenerativeExamples:
     target: np.ndarray | None
 
     @property
-    def latents(self):
+    def latents(self) -> tuple[list, list]:
         """`(styles, noises)`, the form `GenerativeAttack` and `synthesize` take."""
         return self.styles, self.noises
 
@@ -250,8 +298,10 @@ class GenerativeAttack(Attack):
 
     _input_name = "latents"
 
-    def __init__(self, generator, perturb=("style", "noise"), layers=None, style_step=0.004,
-                 noise_step=0.1, max_iterations=10, target="least_likely", **kwargs):
+    def __init__(self, generator: StyleGenerator, perturb: str | Sequence[str] = ("style", "noise"),
+                 layers: int | Sequence[int] | None = None, style_step: float = 0.004,
+                 noise_step: float = 0.1, max_iterations: int = 10,
+                 target: str | None = "least_likely", **kwargs):
         for name in ("bounds", "seed"):
             if kwargs.get(name) is not None:
                 raise ValueError(
@@ -280,9 +330,23 @@ class GenerativeAttack(Attack):
         self.target = check_choice("target", target, TARGETS)
         self._compiled = {}
 
-    def step_vector(self, layers=None):
+    def step_vector(self, layers: int | Sequence[int] | None = None) -> np.ndarray:
         """Per-coordinate step lengths over `generator.flatten`'s layout: `style_step` on the
-        chosen style tensors, `noise_step` on the chosen noise tensors, 0 elsewhere."""
+        chosen style tensors, `noise_step` on the chosen noise tensors, 0 elsewhere.
+
+        Args:
+            layers: synthesis layer indices to step on; None uses the attack's `layers`.
+
+        Returns:
+            A float32 vector of length `generator.latent_size`.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> attack = manidefense.attacks.GenerativeAttack(gen, perturb="style")
+        >>> steps = attack.step_vector(layers=gen.layer_groups[0])
+        >>> steps.shape == (gen.latent_size,), int((steps > 0).sum())  # 64 + 64 channels, x2
+        (True, 256)
+        """
         layers = self.layers if layers is None else check_layers(layers,
                                                                  self.generator.num_layers)
         gen, parts = self.generator, []
@@ -296,7 +360,8 @@ class GenerativeAttack(Attack):
     def _logits_function(self, model):
         return generated_logits(self.generator, logits_function(model, self.output))
 
-    def __call__(self, model, latents, y, target=None):
+    def __call__(self, model: keras.Model, latents: tuple[Sequence, Sequence], y: ArrayLike,
+                 target: ArrayLike | None = None) -> GenerativeExamples:
         styles, noises = self.generator.check_latents(latents, "latents")
         num = len(styles[0])
         y_np = check_labels(y, num, "y")

@@ -33,8 +33,9 @@ class MIFGSM(PGD):
     >>> x_adv = manidefense.attacks.MIFGSM(eps=0.1, num_steps=10)(model, x, y)
     """
 
-    def __init__(self, eps=0.1, norm="linf", step_size=None, num_steps=10, decay=1.0,
-                 random_start=False, l1_sparsity=0.99, **kwargs):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", step_size: float | None = None,
+                 num_steps: int = 10, decay: float = 1.0, random_start: bool = False,
+                 l1_sparsity: float = 0.99, **kwargs):
         super().__init__(eps=eps, norm=norm, step_size=step_size, num_steps=num_steps,
                          random_start=random_start, l1_sparsity=l1_sparsity, **kwargs)
         self.decay = check_non_negative("decay", decay)

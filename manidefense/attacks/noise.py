@@ -31,7 +31,7 @@ class UniformNoise(Attack):
 
     uses_gradients = False
 
-    def __init__(self, eps=0.1, norm="linf", num_samples=10, **kwargs):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", num_samples: int = 10, **kwargs):
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)
         self.norm = check_norm(norm)

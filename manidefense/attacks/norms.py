@@ -11,7 +11,9 @@ Reference:
     NeurIPS 2019 (the sparse top-k steepest-ascent step for L1, "SLIDE").
 """
 
+import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops, random
 
 from manidefense.validation import check_norm
@@ -19,7 +21,7 @@ from manidefense.validation import check_norm
 # A relative safety margin for the final L1/L2 projection: float32 rounding of `x + delta`
 # over hundreds of coordinates can otherwise push a boundary perturbation a hair past eps.
 _FINAL_MARGIN = 1e-5
-# The box of a variable without bounds (latent codes, flow fields, DCT coefficients).
+#: The box of a variable without bounds (latent codes, flow fields, DCT coefficients).
 UNBOUNDED = (-float("inf"), float("inf"))
 _TINY = 1e-12
 
@@ -34,8 +36,21 @@ def _column(eps, dtype="float32"):
     return ops.reshape(eps, (-1, 1)) if len(eps.shape) == 1 else eps
 
 
-def lp_norm(v, norm):
-    """Per-example Lp norm of a batch `v`; returns shape `(batch,)`."""
+def lp_norm(v: tf.Tensor, norm: str) -> tf.Tensor:
+    """Per-example Lp norm of a batch `v`; returns shape `(batch,)`.
+
+    Args:
+        v: a batch `(batch, ...)`; each example is one vector.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+
+    Returns:
+        The norms, shape `(batch,)`.
+
+    Example:
+    >>> v = np.array([[3.0, -4.0], [1.0, 0.0]], "float32")
+    >>> [lp_norm(v, n).numpy().tolist() for n in ("linf", "l2", "l1")]
+    [[4.0, 1.0], [5.0, 1.0], [7.0, 1.0]]
+    """
     norm = check_norm(norm)
     flat = _flat(v)
     if norm == "linf":
@@ -45,8 +60,22 @@ def lp_norm(v, norm):
     return ops.sum(ops.abs(flat), axis=1)
 
 
-def distance(x, x_adv, norm):
-    """Per-example Lp distance between two batches; returns shape `(batch,)`."""
+def distance(x: tf.Tensor, x_adv: tf.Tensor, norm: str) -> tf.Tensor:
+    """Per-example Lp distance between two batches; returns shape `(batch,)`.
+
+    Args:
+        x: the clean batch.
+        x_adv: a batch of the same shape.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+
+    Returns:
+        `lp_norm(x_adv - x, norm)`, shape `(batch,)`.
+
+    Example:
+    >>> x_adv = manidefense.attacks.FGSM(eps=0.1)(model, x, y)
+    >>> bool(np.all(distance(x, x_adv, "linf").numpy() <= 0.1 + 1e-6))
+    True
+    """
     return lp_norm(ops.subtract(x_adv, x), norm)
 
 
@@ -67,11 +96,24 @@ def _project_l1(flat, eps):
     return ops.where(inside, flat, shrunk)
 
 
-def project(delta, eps, norm):
+def project(delta: tf.Tensor, eps: float | tf.Tensor, norm: str) -> tf.Tensor:
     """Projects each perturbation onto the Lp ball of radius `eps` (nearest point, not rescale).
 
     Points already inside the ball are returned unchanged, so the projection is idempotent and
     never increases a norm.
+
+    Args:
+        delta: perturbations `(batch, ...)`.
+        eps: radius, a number or a `(batch,)` tensor.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+
+    Returns:
+        The projected perturbations, shaped like `delta`.
+
+    Example:
+    >>> delta = np.array([[3.0, -4.0]], "float32")
+    >>> [project(delta, 1.0, n).numpy().tolist() for n in ("linf", "l2", "l1")]
+    [[[1.0, -1.0]], [[0.6..., -0.8...]], [[0.0, -1.0]]]
     """
     norm = check_norm(norm)
     shape = ops.shape(delta)
@@ -87,12 +129,25 @@ def project(delta, eps, norm):
     return ops.reshape(out, shape)
 
 
-def ascent_direction(grad, norm, l1_sparsity=0.99):
+def ascent_direction(grad: tf.Tensor, norm: str, l1_sparsity: float = 0.99) -> tf.Tensor:
     """Steepest-ascent direction of unit Lp norm for a gradient (the dual-norm maximiser).
 
     linf: `sign(g)`; l2: `g / ||g||_2`; l1: the sparse step of SLIDE: the sign of the gradient
     on its top `(1 - l1_sparsity)` fraction of coordinates by magnitude (at least one),
     scaled to unit L1 norm. A zero gradient gives a zero direction.
+
+    Args:
+        grad: gradients `(batch, ...)`.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+        l1_sparsity: for L1, the fraction of coordinates left at zero.
+
+    Returns:
+        Directions shaped like `grad`, of unit `norm` (or zero).
+
+    Example:
+    >>> g = np.array([[3.0, -4.0]], "float32")
+    >>> [ascent_direction(g, n).numpy().tolist() for n in ("linf", "l2", "l1")]
+    [[[1.0, -1.0]], [[0.6..., -0.8...]], [[0.0, -1.0]]]
     """
     norm = check_norm(norm)
     shape = ops.shape(grad)
@@ -133,12 +188,30 @@ def _l1_box_step(grad, x, size, bounds, sparsity):
     return ops.sign(grad) * alloc
 
 
-def ascent_step(grad, x, size, norm, bounds, l1_sparsity=0.99):
+def ascent_step(grad: tf.Tensor, x: tf.Tensor, size: float | tf.Tensor, norm: str,
+                bounds: tuple[float, float], l1_sparsity: float = 0.99) -> tf.Tensor:
     """The perturbation of one steepest-ascent step of length `size` from `x` inside the box.
 
     linf: `size * sign(g)`; l2: `size * g / ||g||` over the coordinates not blocked by the box;
     l1: the box-aware sparse step (see `_l1_box_step`). Callers project onto the eps-ball
     and clip afterwards.
+
+    Args:
+        grad: gradients `(batch, ...)` at `x`.
+        x: the current point, inside `bounds`.
+        size: step length in `norm`.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+        bounds: the box `(low, high)`.
+        l1_sparsity: for L1, the fraction of coordinates left unchanged.
+
+    Returns:
+        The step (a perturbation shaped like `grad`).
+
+    Example:
+    >>> g = np.array([[1.0, -2.0]], "float32")
+    >>> x0 = np.array([[1.0, 0.5]], "float32")  # the first coordinate is at the upper bound
+    >>> ascent_step(g, x0, 0.1, "l2", (0.0, 1.0)).numpy().tolist()
+    [[0.0, -0.1...]]
     """
     norm = check_norm(norm)
     if norm == "linf":
@@ -150,22 +223,51 @@ def ascent_step(grad, x, size, norm, bounds, l1_sparsity=0.99):
     return ops.reshape(step, ops.shape(grad))
 
 
-def l1_vertex(grad, x, eps, bounds):
+def l1_vertex(grad: tf.Tensor, x: tf.Tensor, eps: float | tf.Tensor,
+              bounds: tuple[float, float]) -> tf.Tensor:
     """Frank–Wolfe's vertex: `argmax <g, delta>` over `||delta||_1 <= eps`, `x + delta` in the box.
 
     Coordinates are filled by decreasing |gradient|, each all the way to the box in the
     gradient's sign, until the L1 budget is spent (the last one takes the remainder); the
-    exact linear maximiser, as in Kang et al.'s Frank–Wolfe L1 attack. Returns `delta`.
+    exact linear maximiser, as in Kang et al.'s Frank–Wolfe L1 attack.
+
+    Args:
+        grad: gradients `(batch, ...)` at `x`.
+        x: the current point, inside `bounds`.
+        eps: the L1 budget.
+        bounds: the box `(low, high)`.
+
+    Returns:
+        `delta`, shaped like `grad`.
+
+    Example:
+    >>> g = np.array([[3.0, -2.0, 1.0]], "float32")
+    >>> x0 = np.array([[0.8, 0.5, 0.5]], "float32")
+    >>> l1_vertex(g, x0, 0.5, (0.0, 1.0)).numpy().round(3)  # 0.2 fills coordinate 0's room
+    array([[ 0.2, -0.3,  0. ]], dtype=float32)
     """
     step = _l1_box_step(_flat(grad), _flat(x), eps, bounds, 1.0)
     return ops.reshape(step, ops.shape(grad))
 
 
-def mask_saturated(grad, x, bounds):
+def mask_saturated(grad: tf.Tensor, x: tf.Tensor, bounds: tuple[float, float]) -> tf.Tensor:
     """Zeroes gradient coordinates that point out of the box at a saturated coordinate.
 
     A coordinate already at a bound cannot move further that way, so for L1/L2 steps its share
     of the step budget would be wasted.
+
+    Args:
+        grad: gradients `(batch, ...)` at `x`.
+        x: the current point.
+        bounds: the box `(low, high)`.
+
+    Returns:
+        `grad` with the blocked coordinates set to 0.
+
+    Example:
+    >>> g = np.array([[1.0, -1.0, 1.0]], "float32")
+    >>> mask_saturated(g, np.array([[1.0, 0.0, 0.5]], "float32"), (0.0, 1.0)).numpy().tolist()
+    [[0.0, 0.0, 1.0]]
     """
     low, high = bounds
     blocked = ops.logical_or(
@@ -174,17 +276,29 @@ def mask_saturated(grad, x, bounds):
     return ops.where(blocked, ops.zeros_like(grad), grad)
 
 
-def random_start(shape, eps, norm, seed=None, dtype="float32"):
+def random_start(shape: tuple[int, ...], eps: float | tf.Tensor, norm: str,
+                 seed: int | keras.random.SeedGenerator | None = None,
+                 dtype: str = "float32") -> tf.Tensor:
     """Samples perturbations uniformly from the Lp ball of radius `eps`.
 
     linf: uniform in the cube; l2: Gaussian direction times radius `eps * U^(1/d)`; l1: signed
     exponential variates divided by their sum plus one more (uniform on the cross-polytope).
 
     Args:
-        shape: static shape of the batch. eps: radius, scalar or `(batch,)`.
+        shape: static shape of the batch.
+        eps: radius, scalar or `(batch,)`.
         norm: `"linf"`, `"l2"` or `"l1"`.
         seed: an int (a fixed stream), a `keras.random.SeedGenerator` (advances on every
             call), or None (Keras' global generator; not inside a compiled function).
+        dtype: the dtype of the perturbations.
+
+    Returns:
+        Perturbations of shape `shape` with `lp_norm <= eps`.
+
+    Example:
+    >>> delta = random_start((4, 28, 28, 1), 0.5, "l2", seed=0)
+    >>> delta.shape, bool(np.all(lp_norm(delta, "l2").numpy() <= 0.5 + 1e-6))
+    (TensorShape([4, 28, 28, 1]), True)
     """
     norm = check_norm(norm)
     d = int(np.prod(shape[1:]))
@@ -207,12 +321,25 @@ def random_start(shape, eps, norm, seed=None, dtype="float32"):
     return ops.reshape(flat, shape)
 
 
-def clip_to_bounds(x, bounds):
-    """Clips inputs to the valid range `bounds=(low, high)`."""
+def clip_to_bounds(x: tf.Tensor, bounds: tuple[float, float]) -> tf.Tensor:
+    """Clips inputs to the valid range `bounds=(low, high)`.
+
+    Args:
+        x: inputs.
+        bounds: the box `(low, high)`.
+
+    Returns:
+        `clip(x, low, high)`.
+
+    Example:
+    >>> clip_to_bounds(np.array([[-0.5, 0.5, 2.0]], "float32"), (0.0, 1.0)).numpy().tolist()
+    [[0.0, 0.5, 1.0]]
+    """
     return ops.clip(x, bounds[0], bounds[1])
 
 
-def constrain(x, x_adv, eps, norm, bounds):
+def constrain(x: tf.Tensor, x_adv: tf.Tensor, eps: float | tf.Tensor, norm: str,
+              bounds: tuple[float, float]) -> tf.Tensor:
     """Returns `x_adv` projected onto the eps-ball around `x` and clipped to `bounds`.
 
     The last line of defence of every attack, exact in float32 arithmetic: the projection
@@ -221,6 +348,21 @@ def constrain(x, x_adv, eps, norm, bounds):
     the projected one, and the distance is then checked in float64. An example that still
     exceeds `eps` (or holds a NaN from a broken model gradient) falls back to the clean input
     rather than break the budget.
+
+    Args:
+        x: the clean batch.
+        x_adv: candidate adversarial inputs, shaped like `x`.
+        eps: the budget, a number or a `(batch,)` tensor.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+        bounds: the box `(low, high)`.
+
+    Returns:
+        A float32 tensor within `eps` of `x` in `norm` and inside `bounds`.
+
+    Example:
+    >>> x0 = np.full((1, 4), 0.5, "float32")
+    >>> np.allclose(constrain(x0, x0 + 0.3, 0.1, "linf", (0.0, 1.0)), 0.6)
+    True
     """
     norm = check_norm(norm)
     x = ops.cast(x, "float32")

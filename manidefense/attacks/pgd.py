@@ -10,6 +10,7 @@ import math
 import keras
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense.attacks import norms
 from manidefense.attacks.base import Attack, better, select
@@ -168,10 +169,15 @@ def _until_success(evaluate, update, x0, labels, target, num_steps):
 _compiled_loops = {}
 
 
-def projected_gradient_descent(model, x, y, *, eps, norm="linf", step_size=None, num_steps=20,
-                               random_start=True, loss="ce", target=None, bounds=(0.0, 1.0),
-                               momentum=0.0, l1_sparsity=0.99, keep_best=True, seed=None,
-                               output="auto"):
+def projected_gradient_descent(model: keras.Model, x: ArrayLike | tf.Tensor,
+                               y: ArrayLike | tf.Tensor, *, eps: float, norm: str = "linf",
+                               step_size: float | None = None, num_steps: int = 20,
+                               random_start: bool = True, loss: str = "ce",
+                               target: ArrayLike | tf.Tensor | None = None,
+                               bounds: tuple[float, float] = (0.0, 1.0), momentum: float = 0.0,
+                               l1_sparsity: float = 0.99, keep_best: bool = True,
+                               seed: int | keras.random.SeedGenerator | None = None,
+                               output: str = "auto") -> tf.Tensor:
     """Functional PGD on one batch of tensors, usable inside a `train_step`.
 
     No data-dependent validation is done here (it must run inside graphs); use the `PGD`
@@ -180,8 +186,16 @@ def projected_gradient_descent(model, x, y, *, eps, norm="linf", step_size=None,
 
     Args:
         model: Keras classifier (logits or probabilities; see `gradients.logits_function`).
-        x: float inputs within `bounds`. y: integer labels. target: integer targets or None.
-        eps, norm, step_size, num_steps, random_start, loss, bounds: as in `PGD`.
+        x: float inputs within `bounds`.
+        y: integer labels.
+        eps: perturbation budget in `norm`, as in `PGD`.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+        step_size: step length; default `2.5 * eps / num_steps`.
+        num_steps: gradient steps.
+        random_start: start uniformly inside the eps-ball.
+        loss: `"ce"`, `"margin"` or `"dlr"`.
+        target: integer targets, or None for an untargeted attack.
+        bounds: valid input range `(low, high)`.
         momentum: MI-FGSM decay factor; 0 for plain PGD.
         l1_sparsity: fraction of coordinates left unchanged by an L1 step.
         keep_best: return the most damaging iterate instead of the last one.
@@ -192,6 +206,12 @@ def projected_gradient_descent(model, x, y, *, eps, norm="linf", step_size=None,
 
     Returns:
         Adversarial inputs as a float32 tensor.
+
+    Example:
+    >>> x_adv = manidefense.attacks.projected_gradient_descent(
+    ...     model, x, y, eps=0.1, num_steps=10, seed=0)
+    >>> bool(np.max(np.abs(x_adv - x)) <= 0.1 + 1e-6)
+    True
     """
     norm = check_norm(norm)
     step_size = default_step_size(eps, num_steps) if step_size is None else step_size
@@ -246,8 +266,9 @@ class PGD(Attack):
     _momentum = 0.0
     _keep_best = True
 
-    def __init__(self, eps=0.1, norm="linf", step_size=None, num_steps=20, random_start=True,
-                 l1_sparsity=0.99, method="pgd", **kwargs):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", step_size: float | None = None,
+                 num_steps: int = 20, random_start: bool = True, l1_sparsity: float = 0.99,
+                 method: str = "pgd", **kwargs):
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)
         self.norm = check_norm(norm)

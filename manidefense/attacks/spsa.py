@@ -138,8 +138,9 @@ class SPSA(Attack):
 
     uses_gradients = False  # queries outputs only (the evaluation audits it as such)
 
-    def __init__(self, eps=0.1, norm="linf", num_steps=100, step_size=0.01,
-                 perturbation_size=0.01, num_samples=128, **kwargs):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", num_steps: int = 100,
+                 step_size: float = 0.01, perturbation_size: float = 0.01, num_samples: int = 128,
+                 **kwargs):
         kwargs.setdefault("loss", "margin")
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)

@@ -241,7 +241,8 @@ class Square(Attack):
 
     uses_gradients = False  # queries outputs only (the evaluation audits it as such)
 
-    def __init__(self, eps=0.1, norm="linf", num_queries=1000, p_init=0.8, **kwargs):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", num_queries: int = 1000,
+                 p_init: float = 0.8, **kwargs):
         kwargs.setdefault("loss", "margin")
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)

@@ -4,9 +4,12 @@ Both follow the attack contract, `attack(model, x, y, target=None) -> x_adv`, so
 runs them like any other attack.
 """
 
+import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
+from manidefense.attacks.base import Attack
 from manidefense.validation import check_labels, check_positive_int
 
 
@@ -53,14 +56,15 @@ class Transfer(_Wrapper):
 
     uses_gradients = False  # no gradient of the attacked model is read
 
-    def __init__(self, attack, source_model):
+    def __init__(self, attack: Attack, source_model: keras.Model):
         super().__init__(attack)
         if not callable(source_model):
             raise ValueError("Argument `source_model` must be a Keras classifier. "
                              f"Received: source_model={source_model!r}")
         self.source_model = source_model
 
-    def __call__(self, model, x, y, target=None):
+    def __call__(self, model: keras.Model, x: ArrayLike, y: ArrayLike,
+                 target: ArrayLike | None = None) -> np.ndarray:
         del model  # the point of a transfer attack: the target's gradients are never used
         return self.attack(self.source_model, x, y, target)
 
@@ -91,12 +95,13 @@ class RunnerUpTargets(_Wrapper):
     >>> x_adv = apgd_t(model, x, y)
     """
 
-    def __init__(self, attack, num_targets=3):
+    def __init__(self, attack: Attack, num_targets: int = 3):
         super().__init__(attack)
         self.num_targets = check_positive_int("num_targets", num_targets)
         self.uses_gradients = getattr(attack, "uses_gradients", True)
 
-    def __call__(self, model, x, y, target=None):
+    def __call__(self, model: keras.Model, x: ArrayLike, y: ArrayLike,
+                 target: ArrayLike | None = None) -> np.ndarray:
         if target is not None:
             raise ValueError("RunnerUpTargets chooses its own targets; call it untargeted. "
                              "Received: target=<labels>")

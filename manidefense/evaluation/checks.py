@@ -10,38 +10,75 @@ weakness the user should fix; `"info"` — something the evaluation handled by i
 
 import dataclasses
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense.attacks import norms
 from manidefense.attacks.gradients import logits_function, value_and_grad
 from manidefense.attacks.objectives import cross_entropy, margin
 
+#: Flag severities, most serious first.
 SEVERITIES = ("error", "warning", "info")
-# A weaker attack (single-step, noise, black-box) may not add more than this share of n
-# broken points on top of the stronger white-box ones (the checklist's 0.2 pp, E13).
+#: A weaker attack (single-step, noise, black-box) may not add more than this share of n
+#: broken points on top of the stronger white-box ones (the checklist's 0.2 pp, E13).
 WEAKER_ATTACK_TOLERANCE = 0.002
-# More steps or restarts may not lower robust accuracy by more than this (E15, 0.5 pp).
+#: More steps or restarts may not lower robust accuracy by more than this (E15, 0.5 pp).
 CONVERGENCE_TOLERANCE = 0.005
 
 
 @dataclasses.dataclass(frozen=True)
 class Flag:
-    """One checklist finding: `code` (e.g. "E9"), `severity`, `message`, `advice`."""
+    """One checklist finding: `code` (e.g. "E9"), `severity`, `message`, `advice`.
+
+    Attributes:
+        code: the checklist item, `"E6"` .. `"E17"`.
+        severity: `"error"`, `"warning"` or `"info"` (see `SEVERITIES`).
+        message: what was seen.
+        advice: what to do about it.
+
+    Example:
+    >>> flag = check_unbounded(accuracy=0.3, num_classes=10)
+    >>> flag.code, flag.severity
+    ('E10', 'error')
+    """
 
     code: str
     severity: str
     message: str
     advice: str
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, str]:
+        """The flag as a JSON-ready dict with the four fields.
+
+        Returns:
+            `{"code": ..., "severity": ..., "message": ..., "advice": ...}`.
+
+        Example:
+        >>> Flag("E6", "info", "The model ends in a softmax.", "Nothing to do.").to_dict()["code"]
+        'E6'
+        """
         return dataclasses.asdict(self)
 
 
-def check_outputs(kind):
-    """E6: the model returns probabilities instead of logits."""
+def check_outputs(kind: str) -> Flag | None:
+    """E6: the model returns probabilities instead of logits.
+
+    Args:
+        kind: what the model returns, `"logits"`, `"probabilities"` or `"stripped_softmax"`
+            (a final softmax the attacks removed), as the attacks' probe found it.
+
+    Returns:
+        A `Flag` (warning for probabilities, info for a stripped softmax) or None.
+
+    Example:
+    >>> check_outputs("logits") is None, check_outputs("probabilities").severity
+    (True, 'warning')
+    """
     if kind == "probabilities":
         return Flag("E6", "warning",
                     "The model outputs probabilities; attacks used log-probabilities, whose "
@@ -58,9 +95,23 @@ def check_outputs(kind):
 _PREDICT = weakref.WeakKeyDictionary()
 
 
-def predict_function(model, feature_shape):
+def predict_function(model: keras.Model,
+                     feature_shape: Sequence[int]) -> Callable[[tf.Tensor], tf.Tensor]:
     """`model(x, training=False)` compiled once per model and feature shape (any batch size);
-    shared by the checks and the evaluation's re-classification."""
+    shared by the checks and the evaluation's re-classification.
+
+    Args:
+        model: the classifier.
+        feature_shape: the shape of one input, e.g. `(28, 28, 1)`.
+
+    Returns:
+        A `tf.function` taking a float32 batch `(batch, *feature_shape)`.
+
+    Example:
+    >>> predict = predict_function(model, (28, 28, 1))
+    >>> predict(tf.constant(x)).shape
+    TensorShape([8, 10])
+    """
     key = tuple(feature_shape)
     try:
         functions = _PREDICT.setdefault(model, {})
@@ -72,8 +123,23 @@ def predict_function(model, feature_shape):
     return functions[key]
 
 
-def is_output_random(model, x, repeats=5, atol=1e-5):
-    """E7 detection: do repeated inference calls on the same batch disagree?"""
+def is_output_random(model: keras.Model, x: np.ndarray, repeats: int = 5,
+                     atol: float = 1e-5) -> bool:
+    """E7 detection: do repeated inference calls on the same batch disagree?
+
+    Args:
+        model: the classifier.
+        x: a float batch.
+        repeats: inference calls compared.
+        atol: absolute tolerance of the comparison (relative tolerance 1e-4).
+
+    Returns:
+        True when two calls differ.
+
+    Example:
+    >>> is_output_random(model, x)
+    False
+    """
     fn = predict_function(model, x.shape[1:])
     x = tf.constant(x, tf.float32)
     first = ops.convert_to_numpy(fn(x))
@@ -84,8 +150,24 @@ def is_output_random(model, x, repeats=5, atol=1e-5):
     return False
 
 
-def check_randomness(randomized, declared, eot_samples):
-    """E7: a randomized model attacked without (enough) expectation over transformation."""
+def check_randomness(randomized: bool, declared: bool, eot_samples: int) -> Flag | None:
+    """E7: a randomized model attacked without (enough) expectation over transformation.
+
+    Args:
+        randomized: whether the model is randomized (declared or detected).
+        declared: whether a layer declares `randomized = True`.
+        eot_samples: random draws averaged per gradient.
+
+    Returns:
+        An error `Flag` when fewer than 20 draws were averaged, a warning when the randomness
+        was detected but not declared, else None.
+
+    Example:
+    >>> check_randomness(True, declared=True, eot_samples=1).severity
+    'error'
+    >>> check_randomness(True, declared=True, eot_samples=20) is None
+    True
+    """
     if not randomized:
         return None
     if eot_samples < 20:
@@ -124,14 +206,33 @@ def _gradient_function(model, output, feature_shape):
     return cache[(output, feature_shape)]
 
 
-def gradient_health(model, x, labels, eps, norm, bounds, seed=0, output="auto"):
+def gradient_health(model: keras.Model, x: ArrayLike, labels: ArrayLike, eps: float, norm: str,
+                    bounds: tuple[float, float], seed: int = 0,
+                    output: str = "auto") -> dict[str, float]:
     """E9 measurements: shares of examples with zero or non-finite input gradients.
 
     Measured for the margin loss (which never saturates) and cross-entropy, at the clean
     points and at random points of the eps-ball.
 
+    Args:
+        model: the classifier.
+        x: clean inputs within `bounds`.
+        labels: integer labels.
+        eps: radius of the random points.
+        norm: `"linf"`, `"l2"` or `"l1"`.
+        bounds: the valid input range.
+        seed: seed of the random points.
+        output: `"auto"`, `"logits"` or `"probabilities"`.
+
     Returns:
         A dict with `"zero_margin"`, `"zero_ce"`, `"non_finite"` fractions and `"n"`.
+
+    Example:
+    >>> health = gradient_health(model, x, y, eps=0.1, norm="linf", bounds=(0.0, 1.0))
+    >>> health["n"], health["non_finite"]
+    (16, 0.0)
+    >>> check_gradients(health) is None
+    True
     """
     x = ops.convert_to_tensor(x, dtype="float32")
     labels = ops.convert_to_tensor(labels, dtype="int64")
@@ -148,8 +249,21 @@ def gradient_health(model, x, labels, eps, norm, bounds, seed=0, output="auto"):
             "non_finite": float(np.mean(np.concatenate(bad))), "n": 2 * len(x)}
 
 
-def check_gradients(health):
-    """E9: zero, NaN or infinite gradients mean shattered or vanishing gradients."""
+def check_gradients(health: Mapping[str, float] | None) -> Flag | None:
+    """E9: zero, NaN or infinite gradients mean shattered or vanishing gradients.
+
+    Args:
+        health: the dict of `gradient_health`, or None when it was not measured.
+
+    Returns:
+        An error `Flag` for zero margin or non-finite gradients, a warning for saturated
+        cross-entropy only, else None.
+
+    Example:
+    >>> health = {"zero_margin": 0.0, "zero_ce": 0.25, "non_finite": 0.0, "n": 16}
+    >>> check_gradients(health).severity
+    'warning'
+    """
     if health is None:
         return None
     if health["non_finite"] > 0 or health["zero_margin"] > 0:
@@ -167,8 +281,20 @@ def check_gradients(health):
     return None
 
 
-def check_unbounded(accuracy, num_classes):
-    """E10: an attack with an unlimited budget must reach about 0% accuracy."""
+def check_unbounded(accuracy: float | None, num_classes: int) -> Flag | None:
+    """E10: an attack with an unlimited budget must reach about 0% accuracy.
+
+    Args:
+        accuracy: accuracy under the unbounded attack, or None when it was not run.
+        num_classes: number of classes (the threshold is `min(5%, 1 / num_classes)`).
+
+    Returns:
+        An error `Flag` or None.
+
+    Example:
+    >>> check_unbounded(0.0, num_classes=10) is None, check_unbounded(0.3, 10).code
+    (True, 'E10')
+    """
     if accuracy is None:
         return None
     threshold = min(0.05, 1.0 / num_classes)
@@ -180,8 +306,22 @@ def check_unbounded(accuracy, num_classes):
     return None
 
 
-def check_monotone(eps_values, accuracies, n):
-    """E11: robust accuracy must not rise with eps."""
+def check_monotone(eps_values: Sequence[float], accuracies: Sequence[float] | None,
+                   n: int) -> Flag | None:
+    """E11: robust accuracy must not rise with eps.
+
+    Args:
+        eps_values: increasing budgets.
+        accuracies: robust accuracy at each budget, or None.
+        n: number of examples (a rise of one example, or 0.5 pt, is tolerated).
+
+    Returns:
+        An error `Flag` naming the first rise, or None.
+
+    Example:
+    >>> check_monotone([0.1, 0.2, 0.3], [0.6, 0.4, 0.5], n=1000).message
+    'The security curve is not monotone: accuracy rises from 40.0% to 50.0% when eps grows to 0.3.'
+    """
     if accuracies is None or len(accuracies) < 2:
         return None
     allowance = max(CONVERGENCE_TOLERANCE, 1.0 / n)
@@ -197,9 +337,24 @@ def check_monotone(eps_values, accuracies, n):
     return None
 
 
-def check_weaker_attack(code, found, n, what):
+def check_weaker_attack(code: str, found: int | None, n: int, what: str) -> Flag | None:
     """E12 (single-step), E13 (black-box/transfer), E14 (noise): a weaker attack breaks
-    points the white-box iterative attacks left standing."""
+    points the white-box iterative attacks left standing.
+
+    Args:
+        code: `"E12"`, `"E13"` or `"E14"`.
+        found: points the weaker attack broke that the white-box attacks did not, or None.
+        n: number of examples.
+        what: the attack's name, for the message.
+
+    Returns:
+        An error `Flag` when more than 0.2 pt of `n` (and at least one point) were found,
+        else None.
+
+    Example:
+    >>> check_weaker_attack("E13", found=5, n=1000, what="Square").message
+    'Square broke 5 of 1000 points (0.5%) that the white-box gradient attacks had left correct.'
+    """
     # More than 0.2 pt of n, and at least one point (with small n any extra break counts).
     if found is None or found < 1 or found <= WEAKER_ATTACK_TOLERANCE * n:
         return None
@@ -215,8 +370,20 @@ def check_weaker_attack(code, found, n, what):
                 "gradient attacks had left correct.", advice)
 
 
-def check_convergence(extra, n):
-    """E15: a stronger run (more steps and restarts) still changes the result."""
+def check_convergence(extra: int | None, n: int) -> Flag | None:
+    """E15: a stronger run (more steps and restarts) still changes the result.
+
+    Args:
+        extra: points the stronger run broke on top of the cascade, or None.
+        n: number of examples.
+
+    Returns:
+        An error `Flag` when more than 0.5 pt of `n` were broken, else None.
+
+    Example:
+    >>> check_convergence(extra=2, n=1000) is None, check_convergence(12, 1000).code
+    (True, 'E15')
+    """
     if extra is None or extra / n <= CONVERGENCE_TOLERANCE:
         return None
     return Flag("E15", "error",
@@ -225,8 +392,20 @@ def check_convergence(extra, n):
                 "Raise num_steps and num_restarts until the result stops changing.")
 
 
-def check_validity(invalid, n):
-    """E17: attacks returned inputs outside the budget or bounds, or non-finite values."""
+def check_validity(invalid: Mapping[str, int], n: int) -> Flag | None:
+    """E17: attacks returned inputs outside the budget or bounds, or non-finite values.
+
+    Args:
+        invalid: `{attack name: count}` of invalid examples (empty: none).
+        n: number of examples.
+
+    Returns:
+        An error `Flag` or None.
+
+    Example:
+    >>> check_validity({}, n=1000) is None, check_validity({"PGD": 3}, n=1000).code
+    (True, 'E17')
+    """
     if not invalid:
         return None
     details = ", ".join(f"{name}: {count}" for name, count in invalid.items())

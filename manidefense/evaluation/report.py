@@ -1,8 +1,12 @@
 """`RobustnessReport`: what was attacked, how, what survived, and what to distrust."""
 
 import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.evaluation.checks import SEVERITIES, Flag
 from manidefense.stats import clopper_pearson
@@ -34,11 +38,23 @@ class RobustnessReport:
             `threat_model`, `eps`, `eps_units`, `config`, `run_on`, `correct`, `accuracy`,
             `interval`, `invalid`, `seconds`, `per_example` (correct under that attack).
         lp_evaluated: False when only unforeseen attacks ran; `robust_accuracy` is then None.
+
+    Example:
+    >>> report = manidefense.evaluation.evaluate_robustness(
+    ...     model, x, y, attacks=["pgd"], eps=0.1, norm="linf")
+    >>> report.robust_accuracy <= report.clean_accuracy
+    True
+    >>> text = report.to_markdown()  # the table, the attacks and the checklist flags
+    >>> same = RobustnessReport.from_json(report.to_json())
     """
 
-    def __init__(self, threat_model, clean_correct, robust, broken_by, attacks, flags=(),
-                 diagnostics=None, alpha=0.05, meta=None, adversarial_examples=None,
-                 unforeseen=()):
+    def __init__(self, threat_model: Mapping[str, Any], clean_correct: ArrayLike, robust: ArrayLike,
+                 broken_by: ArrayLike, attacks: Iterable[Mapping[str, Any]],
+                 flags: Iterable[Flag | Mapping[str, str]] = (),
+                 diagnostics: Mapping[str, Any] | None = None, alpha: float = 0.05,
+                 meta: Mapping[str, Any] | None = None,
+                 adversarial_examples: np.ndarray | None = None,
+                 unforeseen: Iterable[Mapping[str, Any]] = ()):
         self.threat_model = dict(threat_model)
         self.clean_correct = np.asarray(clean_correct, dtype=bool)
         self.robust = np.asarray(robust, dtype=bool)
@@ -52,44 +68,84 @@ class RobustnessReport:
         self.unforeseen = [dict(u) for u in unforeseen]
 
     @property
-    def lp_evaluated(self):
+    def lp_evaluated(self) -> bool:
+        """False when only unforeseen attacks ran (no Lp threat model)."""
         return self.threat_model.get("norm") is not None
 
     # === Numbers ===
 
     @property
-    def num_examples(self):
+    def num_examples(self) -> int:
+        """Number of evaluated examples."""
         return int(self.clean_correct.size)
 
     @property
-    def clean_accuracy(self):
+    def clean_accuracy(self) -> float:
+        """Share of examples classified correctly without attack."""
         return float(np.mean(self.clean_correct))
 
     @property
-    def robust_accuracy(self):
+    def robust_accuracy(self) -> float | None:
         """Worst case over all Lp attacks, per example (None when no Lp attack ran)."""
         return float(np.mean(self.robust)) if self.lp_evaluated else None
 
-    def interval(self, correct):
-        """Clopper–Pearson `(low, high)` at level `1 - alpha` for a count of correct points."""
+    def interval(self, correct: int) -> tuple[float, float]:
+        """Clopper–Pearson `(low, high)` at level `1 - alpha` for a count of correct points.
+
+        Args:
+            correct: number of correct examples out of `num_examples`.
+
+        Returns:
+            `(low, high)`, Python floats.
+
+        Example:
+        >>> report = RobustnessReport(
+        ...     threat_model={"norm": "linf", "eps": 0.1, "bounds": (0.0, 1.0)},
+        ...     clean_correct=[True, True, True, False], robust=[True, False, False, False],
+        ...     broken_by=[-1, 0, 0, -1],
+        ...     attacks=[{"name": "PGD", "kind": "white-box", "run_on": 3, "broken": 2,
+        ...               "accuracy_after": 0.25, "seconds": 1.5}])
+        >>> low, high = report.interval(2)  # 2 of 4 correct
+        >>> round(low, 3), round(high, 3)
+        (0.068, 0.932)
+        """
         return clopper_pearson(int(correct), self.num_examples, self.alpha)
 
     @property
-    def clean_interval(self):
+    def clean_interval(self) -> tuple[float, float]:
+        """Clopper–Pearson interval of `clean_accuracy`."""
         return self.interval(self.clean_correct.sum())
 
     @property
-    def robust_interval(self):
+    def robust_interval(self) -> tuple[float, float] | None:
+        """Clopper–Pearson interval of `robust_accuracy` (None when no Lp attack ran)."""
         return self.interval(self.robust.sum()) if self.lp_evaluated else None
 
     @property
-    def trustworthy(self):
+    def trustworthy(self) -> bool:
         """False when any error-level flag was raised."""
         return not any(f.severity == "error" for f in self.flags)
 
     # === Serialization ===
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict (without `adversarial_examples`).
+
+        Returns:
+            A dict with the summary numbers, `attacks`, `flags`, `diagnostics`, `meta`,
+            `unforeseen` and `per_example` (the boolean and index arrays as lists).
+
+        Example:
+        >>> report = RobustnessReport(
+        ...     threat_model={"norm": "linf", "eps": 0.1, "bounds": (0.0, 1.0)},
+        ...     clean_correct=[True, True, True, False], robust=[True, False, False, False],
+        ...     broken_by=[-1, 0, 0, -1],
+        ...     attacks=[{"name": "PGD", "kind": "white-box", "run_on": 3, "broken": 2,
+        ...               "accuracy_after": 0.25, "seconds": 1.5}])
+        >>> d = report.to_dict()
+        >>> d["robust_accuracy"], d["per_example"]["broken_by"]
+        (0.25, [-1, 0, 0, -1])
+        """
         clean_low, clean_high = self.clean_interval
         robust_low, robust_high = self.robust_interval or (None, None)
         return {
@@ -112,14 +168,50 @@ class RobustnessReport:
         }
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> "RobustnessReport":
+        """Rebuilds a report from `to_dict()`'s output.
+
+        Args:
+            d: a dict as returned by `to_dict` (or read from its JSON).
+
+        Returns:
+            A `RobustnessReport` with the same numbers and flags.
+
+        Example:
+        >>> report = RobustnessReport(
+        ...     threat_model={"norm": "linf", "eps": 0.1, "bounds": (0.0, 1.0)},
+        ...     clean_correct=[True, True, True, False], robust=[True, False, False, False],
+        ...     broken_by=[-1, 0, 0, -1],
+        ...     attacks=[{"name": "PGD", "kind": "white-box", "run_on": 3, "broken": 2,
+        ...               "accuracy_after": 0.25, "seconds": 1.5}])
+        >>> RobustnessReport.from_dict(report.to_dict()).robust_accuracy
+        0.25
+        """
         per = d["per_example"]
         return cls(d["threat_model"], per["clean_correct"], per["robust"], per["broken_by"],
                    d["attacks"], d["flags"], d.get("diagnostics"), d.get("alpha", 0.05),
                    d.get("meta"), unforeseen=d.get("unforeseen", ()))
 
-    def to_json(self, path=None):
-        """Returns the report as JSON text, also writing it to `path` when given."""
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """Returns the report as JSON text, also writing it to `path` when given.
+
+        Args:
+            path: optional file to write.
+
+        Returns:
+            The JSON text.
+
+        Example:
+        >>> report = RobustnessReport(
+        ...     threat_model={"norm": "linf", "eps": 0.1, "bounds": (0.0, 1.0)},
+        ...     clean_correct=[True, True, True, False], robust=[True, False, False, False],
+        ...     broken_by=[-1, 0, 0, -1],
+        ...     attacks=[{"name": "PGD", "kind": "white-box", "run_on": 3, "broken": 2,
+        ...               "accuracy_after": 0.25, "seconds": 1.5}])
+        >>> text = report.to_json()  # or report.to_json("report.json")
+        >>> text.startswith("{")
+        True
+        """
         text = json.dumps(self.to_dict(), indent=2, default=_json_default)
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
@@ -127,7 +219,25 @@ class RobustnessReport:
         return text
 
     @classmethod
-    def from_json(cls, path_or_text):
+    def from_json(cls, path_or_text: str | os.PathLike) -> "RobustnessReport":
+        """Reads a report written by `to_json`.
+
+        Args:
+            path_or_text: a JSON file's path, or the JSON text itself.
+
+        Returns:
+            A `RobustnessReport`.
+
+        Example:
+        >>> report = RobustnessReport(
+        ...     threat_model={"norm": "linf", "eps": 0.1, "bounds": (0.0, 1.0)},
+        ...     clean_correct=[True, True, True, False], robust=[True, False, False, False],
+        ...     broken_by=[-1, 0, 0, -1],
+        ...     attacks=[{"name": "PGD", "kind": "white-box", "run_on": 3, "broken": 2,
+        ...               "accuracy_after": 0.25, "seconds": 1.5}])
+        >>> RobustnessReport.from_json(report.to_json()).clean_accuracy
+        0.75
+        """
         text = path_or_text
         if not str(path_or_text).lstrip().startswith("{"):
             with open(path_or_text, encoding="utf-8") as f:
@@ -136,7 +246,23 @@ class RobustnessReport:
 
     # === Presentation ===
 
-    def to_markdown(self):
+    def to_markdown(self) -> str:
+        """The report as Markdown: threat model, accuracies with intervals, the attack
+        cascade, unforeseen threat models, checklist flags and a verdict (Jupyter renders it).
+
+        Returns:
+            Markdown text.
+
+        Example:
+        >>> report = RobustnessReport(
+        ...     threat_model={"norm": "linf", "eps": 0.1, "bounds": (0.0, 1.0)},
+        ...     clean_correct=[True, True, True, False], robust=[True, False, False, False],
+        ...     broken_by=[-1, 0, 0, -1],
+        ...     attacks=[{"name": "PGD", "kind": "white-box", "run_on": 3, "broken": 2,
+        ...               "accuracy_after": 0.25, "seconds": 1.5}])
+        >>> print(report.to_markdown().splitlines()[0])
+        ## Robustness report
+        """
         tm = self.threat_model
         level = f"{1 - self.alpha:.0%}"
         lines = ["## Robustness report", ""]

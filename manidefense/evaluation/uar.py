@@ -20,11 +20,20 @@ import importlib.resources
 import json
 import math
 import numbers
+import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
+if TYPE_CHECKING:
+    from manidefense.attacks.base import Attack
+
+#: Calibrated budgets per attack (Kang et al. use six).
 NUM_EPS = 6
 _ABOUT = (
     "UAR calibration table of manidefense.evaluation.uar. Per image shape (key 'HxWxC') and "
@@ -39,7 +48,7 @@ _ENTRY_KEYS = ("eps", "ata", "units", "provenance")
 
 # === Scoring ===
 
-def uar(accuracies, ata):
+def uar(accuracies: Sequence[float], ata: Sequence[float]) -> float:
     """Unforeseen Attack Robustness: `sum(accuracies) / sum(ata)` over the six calibrated eps.
 
     Args:
@@ -68,7 +77,8 @@ def uar(accuracies, ata):
     return float(accuracies.sum()) / total
 
 
-def calibrate_eps(candidate_eps, candidate_ata, reference_ata):
+def calibrate_eps(candidate_eps: Sequence[float], candidate_ata: Sequence[float],
+                  reference_ata: Sequence[float]) -> tuple[list[float], list[float]]:
     """Chooses six of the candidate eps whose ATA best matches a reference ATA curve.
 
     AU's calibration: each reference value `reference_ata[k]` (the L∞ ATA at its k-th eps) is
@@ -139,7 +149,8 @@ def _assign(cost):
 
 # === Calibration table ===
 
-def load_calibration(image_shape, path=None):
+def load_calibration(image_shape: Sequence[int],
+                     path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """The calibrated eps and ATA of every attack for one image shape.
 
     Args:
@@ -169,7 +180,7 @@ def load_calibration(image_shape, path=None):
     return copy.deepcopy(table[key])
 
 
-def save_calibration(table, path):
+def save_calibration(table: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes a full calibration table (the schema `load_calibration` reads) as JSON.
 
     Args:
@@ -179,6 +190,13 @@ def save_calibration(table, path):
 
     Raises:
         ValueError: if `table` breaks the schema (nothing is written then).
+
+    Example:
+    >>> table = {"28x28x1": {"fog": {"eps": [0.25, 0.5, 1, 2, 4, 8], "ata": None,
+    ...                              "units": "fog strength", "provenance": "my run"}}}
+    >>> save_calibration(table, "my_calibration.json")  # doctest: +SKIP
+    >>> load_calibration((28, 28, 1), path="my_calibration.json")["fog"]["eps"]  # doctest: +SKIP
+    [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
     """
     table = _validated(copy.deepcopy(dict(table)), "argument `table`")
     table = {"_about": table.pop("_about", _ABOUT), **table}
@@ -266,13 +284,30 @@ def _numbers(values):
 
 # === Running the protocol ===
 
-def uar_attack(name, eps, *, num_steps=50, bounds=(0.0, 1.0), batch_size=256, seed=None):
+def uar_attack(name: str, eps: float, *, num_steps: int = 50,
+               bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256,
+               seed: int | None = None) -> "Attack":
     """The attack of the UAR table called `name` at `eps`.
 
     `"pgd-linf"`, `"pgd-l2"`: PGD with random start; `"pgd-l1"`: Frank–Wolfe L1 (Kang et
     al.'s L1 attack, with which the shipped ATA was measured; sparse L1 PGD, the default of
     `PGD(norm="l1")`, was 1.5 points stronger on Fashion-MNIST, see models/RESULTS.md); the
     others are the unforeseen presets (`evaluation.presets.UNFORESEEN`).
+
+    Args:
+        name: one of `UAR_ATTACKS`.
+        eps: the budget, in the attack's own units.
+        num_steps: attack steps.
+        bounds: the valid input range.
+        batch_size: examples per compiled call.
+        seed: int or None.
+
+    Returns:
+        The configured attack.
+
+    Example:
+    >>> uar_attack("pgd-l1", eps=10.0, num_steps=20)
+    PGD(eps=10.0, norm='l1', step_size=None, num_steps=20, ..., method='frank_wolfe', ...)
     """
     from manidefense.attacks import PGD
     from manidefense.evaluation.presets import UNFORESEEN
@@ -288,31 +323,54 @@ def uar_attack(name, eps, *, num_steps=50, bounds=(0.0, 1.0), batch_size=256, se
     return UNFORESEEN[name](eps, {**common, "num_steps": num_steps})
 
 
+#: The attacks `uar_attack` builds (the Lp baselines and the unforeseen attacks).
 UAR_ATTACKS = ("pgd-linf", "pgd-l2", "pgd-l1", "fog", "snow", "gabor", "elastic", "jpeg-linf",
                "jpeg-l2", "jpeg-l1")
 
 
-def random_targets(y, num_classes, seed=None):
-    """A uniformly random wrong class per label (the UAR protocol's targets)."""
+def random_targets(y: ArrayLike, num_classes: int, seed: int | None = None) -> np.ndarray:
+    """A uniformly random wrong class per label (the UAR protocol's targets).
+
+    Args:
+        y: integer labels.
+        num_classes: number of classes.
+        seed: int or None.
+
+    Returns:
+        int64 targets, never equal to `y`.
+
+    Example:
+    >>> targets = random_targets([0, 1, 2, 3], num_classes=10, seed=0)
+    >>> bool(np.all(targets != [0, 1, 2, 3]))
+    True
+    """
     y = np.asarray(y, dtype=np.int64)
     rng = np.random.default_rng(seed)
     return (y + rng.integers(1, num_classes, size=y.shape)) % num_classes
 
 
-def evaluate_uar(model, x, y, attacks=None, *, calibration=None, num_steps=50, targeted=True,
-                 bounds=(0.0, 1.0), batch_size=256, seed=0, verbose=False):
+def evaluate_uar(model: keras.Model, x: ArrayLike, y: ArrayLike,
+                 attacks: Sequence[str] | None = None, *,
+                 calibration: Mapping[str, Mapping[str, Any]] | None = None, num_steps: int = 50,
+                 targeted: bool = True, bounds: tuple[float, float] = (0.0, 1.0),
+                 batch_size: int = 256, seed: int = 0,
+                 verbose: bool = False) -> dict[str, dict[str, Any]]:
     """Accuracy at each attack's six calibrated eps, and its UAR where an ATA exists.
 
     Args:
         model: a Keras classifier (logits or probabilities).
-        x, y: test inputs within `bounds` and integer labels.
+        x: test inputs within `bounds`.
+        y: integer labels.
         attacks: names from `UAR_ATTACKS`; None: every attack the calibration table has.
         calibration: `{name: {"eps", "ata", ...}}` as `load_calibration` returns; None loads
             the shipped table for `x`'s image shape.
         num_steps: steps per attack (Kang et al.: 200; the shipped calibrations state theirs).
         targeted: Kang et al.'s protocol (a random wrong class per example, drawn once from
             `seed`); False runs untargeted attacks (stronger, not the protocol of the ATA).
-        bounds, batch_size, seed, verbose: as for the attacks.
+        bounds: the valid input range.
+        batch_size: examples per compiled call.
+        seed: seed of the targets and the attacks.
+        verbose: show the attacks' progress bars.
 
     Returns:
         `{name: {"eps": [6], "accuracy": [6], "ata": [6] or None, "uar": float or None}}`,
@@ -354,7 +412,7 @@ def evaluate_uar(model, x, y, attacks=None, *, calibration=None, num_steps=50, t
 
 # === Tables ===
 
-def uar_table(results):
+def uar_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table of accuracy at each calibrated eps and the UAR, one row per attack.
 
     Args:
@@ -369,8 +427,12 @@ def uar_table(results):
         ValueError: if `results` is empty or an entry does not hold six eps and fractions.
 
     Example:
-    >>> print(uar_table({"elastic": {"eps": [.125, .25, .5, 1, 2, 8],
-    ...                              "accuracy": [.8, .7, .6, .5, .4, .2], "ata": None}}))
+    >>> text = uar_table({"elastic": {"eps": [.125, .25, .5, 1, 2, 8],
+    ...                               "accuracy": [.8, .7, .6, .5, .4, .2], "ata": None}})
+    >>> print(text.splitlines()[0])
+    | attack | eps_1 | eps_2 | eps_3 | eps_4 | eps_5 | eps_6 | UAR |
+    >>> text.splitlines()[2].startswith("| elastic | 80.0% @ 0.125 |")
+    True
     """
     if not isinstance(results, dict) or not results:
         raise ValueError("Argument `results` must be a non-empty dict {attack name: {'eps', "

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense.manifold import em
 from manidefense.manifold.patches import extract_patches, output_size
@@ -17,7 +18,7 @@ from manidefense.validation import (
 
 # The E-step pads the filters to a multiple of this (fewer XLA compilations as filters are born).
 _PAD = 8
-# Score of the unused capacity (inactive filters): finite in float16, and sigmoid(-1e4) == 0.
+#: Score of the unused capacity (inactive filters): finite in float16, and sigmoid(-1e4) == 0.
 INACTIVE_SCORE = -1e4
 
 
@@ -90,10 +91,12 @@ class RBFLayer(keras.layers.Layer):
     >>> rbf.num_filters, rbf(x_test[:8]).shape    # (K, (8, H - 2, W - 2, K))
     """
 
-    def __init__(self, patch_size=3, strides=1, max_filters=64, em_steps=500, birth_steps=250,
-                 images_per_step=750, birth_log_likelihood=-2.5, min_birth_share=1e-3,
-                 count_threshold=1, target_filters=10, min_variance=1e-4, capacity=None,
-                 seed=None, **kwargs):
+    def __init__(self, patch_size: int | tuple[int, int] = 3, strides: int | tuple[int, int] = 1,
+                 max_filters: int = 64, em_steps: int = 500, birth_steps: int = 250,
+                 images_per_step: int = 750, birth_log_likelihood: float = -2.5,
+                 min_birth_share: float = 1e-3, count_threshold: int = 1,
+                 target_filters: float = 10, min_variance: float = 1e-4,
+                 capacity: int | None = None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = _pair("patch_size", patch_size)
         self.strides = _pair("strides", strides)
@@ -139,23 +142,31 @@ class RBFLayer(keras.layers.Layer):
         self._adapted = bool(np.any(ops.convert_to_numpy(self.active) > 0))
 
     @property
-    def num_filters(self):
+    def num_filters(self) -> int:
         """Number of fitted filters (0 before `adapt`)."""
         if not self.built:
             return 0
         return int(np.sum(ops.convert_to_numpy(self.active) > 0))
 
     @property
-    def is_adapted(self):
+    def is_adapted(self) -> bool:
+        """Whether the layer has filters (from `adapt`, `set_filters` or a saved file)."""
         return self._adapted
 
-    def set_filters(self, means, variances):
+    def set_filters(self, means: ArrayLike, variances: ArrayLike) -> None:
         """Sets the filters directly (e.g. the authors' published `mean0.npy`/`conv0.npy`).
 
         Args:
             means: `(K, ph, pw, channels)` with K ≤ `capacity` (an unbuilt layer without a
                 capacity is built with capacity K).
             variances: `(K,)`, trace variances (floored at `min_variance`).
+
+        Example:
+        >>> rbf = manidefense.layers.RBFLayer(patch_size=3)
+        >>> rng = np.random.default_rng(0)
+        >>> rbf.set_filters(rng.uniform(size=(4, 3, 3, 1)), np.full(4, 0.1))
+        >>> rbf.num_filters, tuple(rbf(x).shape)
+        (4, (8, 26, 26, 4))
         """
         means, variances = np.asarray(means, "float32"), np.asarray(variances, "float32")
         expected = (self.patch_size[0], self.patch_size[1])
@@ -218,7 +229,8 @@ class RBFLayer(keras.layers.Layer):
 
     # --- fitting -------------------------------------------------------------------------
 
-    def adapt(self, data, batch_size=250, verbose=False):
+    def adapt(self, data: np.ndarray | tf.data.Dataset, batch_size: int = 250,
+              verbose: bool = False) -> "RBFLayer":
         """Fits the filters by the non-parametric hard EM, streaming over `data`.
 
         Args:
@@ -231,6 +243,12 @@ class RBFLayer(keras.layers.Layer):
 
         Returns:
             `self`.
+
+        Example:
+        >>> rbf = manidefense.layers.RBFLayer(max_filters=16, em_steps=10, birth_steps=5,
+        ...                                   images_per_step=8, seed=0)
+        >>> rbf.adapt(x).is_adapted, 1 <= rbf.num_filters <= 16
+        (True, True)
         """
         batch_size = check_positive_int("batch_size", batch_size)
         batches = _image_batches(data, batch_size, self.seed)

@@ -10,9 +10,10 @@ from manidefense.layers.rbf import RBFLayer
 from manidefense.manifold.patches import fold_patches, overlap_counts
 from manidefense.validation import check_bounds, check_non_negative, check_positive
 
-# β1 = p · ln 2: the authors' code weighs filters by 2^(p · sigmoid(s)), p = 125 while
-# training the classifier and p = 25 at test time.
+#: β1 = p · ln 2: the authors' code weighs filters by 2^(p · sigmoid(s)), p = 125 while
+#: training the classifier and p = 25 at test time.
 TRAIN_BETA1 = 125 * math.log(2.0)
+#: The authors' test-time sharpness, `25 ln 2`.
 TEST_BETA1 = 25 * math.log(2.0)
 
 
@@ -55,8 +56,9 @@ class ReconstructionLayer(keras.layers.Layer):
     >>> x_clean = recon(x)    # same shape as x, one noise draw per example
     """
 
-    def __init__(self, rbf, beta1=TEST_BETA1, beta2=0.0, clip=True, train_beta1=None,
-                 bounds=(0.0, 1.0), seed=None, **kwargs):
+    def __init__(self, rbf: RBFLayer, beta1: float = TEST_BETA1, beta2: float = 0.0,
+                 clip: bool = True, train_beta1: float | None = None,
+                 bounds: tuple[float, float] = (0.0, 1.0), seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(rbf, RBFLayer):
             raise ValueError(f"Argument `rbf` must be an RBFLayer. Received: {rbf!r}")
@@ -76,15 +78,17 @@ class ReconstructionLayer(keras.layers.Layer):
             self.seed_generator = keras.random.SeedGenerator(seed)
 
     @property
-    def randomized(self):
+    def randomized(self) -> bool:
+        """True with noise (`beta2 > 0`): attacks need EoT."""
         return self.beta2 > 0
 
     @property
-    def non_differentiable(self):
+    def non_differentiable(self) -> bool:
+        """True with noise (`beta2 > 0`): adaptive attacks use BPDA through `surrogate`."""
         return self.beta2 > 0
 
     @property
-    def surrogate(self):
+    def surrogate(self) -> "ReconstructionLayer | None":
         """The noise-free layer (β2 = 0) whose gradient BPDA uses; None when already noise-free."""
         if self.beta2 == 0:
             return None

@@ -26,20 +26,28 @@ Reference:
 """
 
 import numpy as np
+import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 
-def score_weights(means, variances):
+def score_weights(means: ArrayLike | tf.Tensor, variances: ArrayLike | tf.Tensor) -> tf.Tensor:
     """The matrix that turns augmented patches `[z, ||z||², 1]` into eq. 2 scores.
 
     `s_j = z · μ_j / v_j - ||z||² / (2 v_j) - ||μ_j||² / (2 v_j) - ½ log v_j`, so the scores of
     `N` patches against `K` filters are one `(N, d + 2) @ (d + 2, K)` product.
 
     Args:
-        means: `(K, d)`. variances: `(K,)`, > 0.
+        means: `(K, d)`.
+        variances: `(K,)`, > 0.
 
     Returns:
         `(d + 2, K)`.
+
+    Example:
+    >>> weights = score_weights(np.zeros((2, 9), "float32"), np.array([1.0, 0.5], "float32"))
+    >>> tuple(weights.shape)
+    (11, 2)
     """
     return ops.concatenate([
         ops.transpose(means / variances[:, None]),
@@ -49,7 +57,9 @@ def score_weights(means, variances):
     ], axis=0)
 
 
-def e_step(patches, means, variances, birth_threshold, active=None):
+def e_step(patches: ArrayLike | tf.Tensor, means: ArrayLike | tf.Tensor,
+           variances: ArrayLike | tf.Tensor, birth_threshold: float,
+           active: ArrayLike | tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Hard assignment and the sufficient statistics of every bucket.
 
     The scores are one matrix product with `score_weights`, so the E-step reads the patches
@@ -57,7 +67,8 @@ def e_step(patches, means, variances, birth_threshold, active=None):
 
     Args:
         patches: `(N, d)` float32.
-        means, variances: the K filters, `(K, d)` and `(K,)` (K may be 0).
+        means: the K filter means, `(K, d)` (K may be 0).
+        variances: their variances, `(K,)`.
         birth_threshold: scalar; a patch whose best score is below it goes to the new bucket
             (index K). `-inf` disables births.
         active: optional `(K,)` bool mask; inactive filters (padding, so that shapes stay
@@ -67,6 +78,13 @@ def e_step(patches, means, variances, birth_threshold, active=None):
         `(counts, sums, squared_deviations)` of shapes `(K + 1,)`, `(K + 1, d)`, `(K + 1,)`:
         per bucket, the number of patches, their sum, and the sum of their squared distances
         to the bucket's current mean (the new bucket's "mean" is 0).
+
+    Example:
+    >>> patches = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]], "float32")
+    >>> means, variances = np.zeros((1, 2), "float32"), np.ones(1, "float32")
+    >>> counts, sums, deviations = e_step(patches, means, variances, birth_threshold=-5.0)
+    >>> np.asarray(counts)  # two patches near the filter, one far: the new bucket
+    array([2., 1.], dtype=float32)
     """
     num_filters = ops.shape(means)[0]
     energy = ops.sum(ops.square(patches), axis=-1, keepdims=True)
@@ -91,14 +109,19 @@ def e_step(patches, means, variances, birth_threshold, active=None):
     return totals[:, 0], totals[:, 1:-1], totals[:, -1]
 
 
-def m_step(means, variances, counts, sums, deviations, *, max_filters, count_threshold=1,
-           min_birth_share=1e-3, min_variance=1e-4, allow_birth=True):
+def m_step(means: np.ndarray, variances: np.ndarray, counts: ArrayLike, sums: ArrayLike,
+           deviations: ArrayLike, *, max_filters: int, count_threshold: int = 1,
+           min_birth_share: float = 1e-3, min_variance: float = 1e-4,
+           allow_birth: bool = True) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Eq. 3 with the authors' safeguards, on numpy arrays.
 
     Args:
-        means, variances: the current K filters, `(K, d)` and `(K,)`.
-        counts, sums, deviations: `e_step` statistics (K + 1 buckets, the last one new),
-            summed over the step's patches.
+        means: the current K filter means, `(K, d)`.
+        variances: their variances, `(K,)`.
+        counts: `e_step` patch counts (K + 1 buckets, the last one new), summed over the
+            step's patches.
+        sums: `e_step` patch sums, `(K + 1, d)`.
+        deviations: `e_step` squared deviations, `(K + 1,)`.
         max_filters: capacity; no birth beyond it.
         count_threshold: filters with this many patches or fewer are deleted.
         min_birth_share: the new bucket becomes a filter only above this share of patches.
@@ -108,6 +131,15 @@ def m_step(means, variances, counts, sums, deviations, *, max_filters, count_thr
     Returns:
         `(means, variances, born, deleted)`: the surviving filters in their order, then the
         newborn one if any.
+
+    Example:
+    >>> patches = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]], "float32")
+    >>> means, variances = np.zeros((1, 2), "float32"), np.ones(1, "float32")
+    >>> counts, sums, deviations = e_step(patches, means, variances, birth_threshold=-5.0)
+    >>> means, variances, born, deleted = m_step(means, variances, counts, sums, deviations,
+    ...                                          max_filters=8)
+    >>> means.tolist(), born, deleted
+    ([[0.05..., 0.0], [5.0, 5.0]], True, 0)
     """
     k = len(means)
     counts = np.asarray(counts, "float64")
@@ -132,15 +164,43 @@ def m_step(means, variances, counts, sums, deviations, *, max_filters, count_thr
             np.concatenate(out_variances).astype("float32"), born, int(k - keep.sum()))
 
 
-def update_alpha(alpha, num_filters, new_share, target_filters):
+def update_alpha(alpha: float, num_filters: int, new_share: float, target_filters: float) -> float:
     """The authors' birth-rate controller: α grows while there are few filters and few
-    unexplained patches, otherwise decays by about 0.05 per step."""
+    unexplained patches, otherwise decays by about 0.05 per step.
+
+    Args:
+        alpha: the current α.
+        num_filters: the current number of filters.
+        new_share: share of the step's patches that went to the new bucket.
+        target_filters: the filter count where births slow down.
+
+    Returns:
+        The next α.
+
+    Example:
+    >>> round(float(update_alpha(1.0, num_filters=3, new_share=0.0, target_filters=10)), 4)
+    1.0971
+    >>> round(float(update_alpha(1.0, num_filters=3, new_share=0.01, target_filters=10)), 4)
+    0.95
+    """
     denominator = ((1.0 + np.exp(min(num_filters / target_filters, 700.0)))
                    * (1.0 + np.exp(min(new_share / 1e-3, 700.0))))
     return alpha + 0.6913 / denominator - 0.05
 
 
-def birth_threshold(alpha, birth_log_likelihood):
+def birth_threshold(alpha: float, birth_log_likelihood: float) -> float:
     """Score below which a patch joins the new bucket: `birth_log_likelihood + log α`
-    (`-inf`, no births, once α ≤ 0)."""
+    (`-inf`, no births, once α ≤ 0).
+
+    Args:
+        alpha: the controller's α.
+        birth_log_likelihood: the threshold at α = 1.
+
+    Returns:
+        The threshold, a float (`-inf` when α ≤ 0).
+
+    Example:
+    >>> float(birth_threshold(1.0, -2.5)), float(birth_threshold(0.0, -2.5))
+    (-2.5, -inf)
+    """
     return birth_log_likelihood + np.log(alpha) if alpha > 0 else -np.inf

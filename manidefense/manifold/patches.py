@@ -9,6 +9,7 @@ the sum into an average, so `fold(extract(x)) / counts == x` wherever a pixel is
 """
 
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 
@@ -18,12 +19,26 @@ def _identity_kernel(patch_size, channels, dtype):
     return ops.cast(np.eye(dim, dtype="float32").reshape(ph, pw, channels, dim), dtype)
 
 
-def output_size(size, patch, stride):
-    """Patches along one axis of length `size` (VALID padding)."""
+def output_size(size: int, patch: int, stride: int) -> int:
+    """Patches along one axis of length `size` (VALID padding).
+
+    Args:
+        size: the axis length.
+        patch: the patch length along it.
+        stride: the step between patches.
+
+    Returns:
+        `(size - patch) // stride + 1`.
+
+    Example:
+    >>> output_size(28, 3, 1), output_size(28, 3, 2)
+    (26, 13)
+    """
     return (size - patch) // stride + 1
 
 
-def extract_patches(images, patch_size, strides):
+def extract_patches(images: tf.Tensor, patch_size: tuple[int, int],
+                    strides: tuple[int, int]) -> tf.Tensor:
     """Every `patch_size` window of `images` as a vector.
 
     Built from `ph * pw` strided slices (cheaper than the identity convolution it equals, and
@@ -36,6 +51,10 @@ def extract_patches(images, patch_size, strides):
 
     Returns:
         `(batch, H', W', ph * pw * channels)` with `H' = (height - ph) // sh + 1`.
+
+    Example:
+    >>> tuple(extract_patches(np.zeros((2, 28, 28, 1), "float32"), (3, 3), (1, 1)).shape)
+    (2, 26, 26, 9)
     """
     (ph, pw), (sh, sw) = patch_size, strides
     rows = output_size(images.shape[1], ph, sh)
@@ -45,17 +64,25 @@ def extract_patches(images, patch_size, strides):
     return ops.reshape(ops.stack(parts, axis=-2), (-1, rows, cols, ph * pw * images.shape[-1]))
 
 
-def fold_patches(patches, image_shape, patch_size, strides):
+def fold_patches(patches: tf.Tensor, image_shape: tuple[int, int, int], patch_size: tuple[int, int],
+                 strides: tuple[int, int]) -> tf.Tensor:
     """Adds patch vectors back into images (overlaps summed): the adjoint of `extract_patches`.
 
     Args:
         patches: `(batch, H', W', ph * pw * channels)`.
         image_shape: `(height, width, channels)` of the images the patches came from.
-        patch_size, strides: as given to `extract_patches`.
+        patch_size: `(ph, pw)`, as given to `extract_patches`.
+        strides: `(sh, sw)`, as given to `extract_patches`.
 
     Returns:
         `(batch, height, width, channels)`; pixels no patch covers (right/bottom margins when
         the stride does not divide the size) are 0.
+
+    Example:
+    >>> x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype("float32")
+    >>> summed = fold_patches(extract_patches(x, (3, 3), (1, 1)), (28, 28, 1), (3, 3), (1, 1))
+    >>> bool(np.allclose(summed / overlap_counts((28, 28, 1), (3, 3), (1, 1)), x, atol=1e-6))
+    True
     """
     height, width, channels = image_shape
     sh, sw = strides
@@ -69,8 +96,22 @@ def fold_patches(patches, image_shape, patch_size, strides):
     return folded
 
 
-def overlap_counts(image_shape, patch_size, strides):
-    """How many patches cover each pixel, as a `(height, width, channels)` numpy array."""
+def overlap_counts(image_shape: tuple[int, int, int], patch_size: tuple[int, int],
+                   strides: tuple[int, int]) -> np.ndarray:
+    """How many patches cover each pixel, as a `(height, width, channels)` numpy array.
+
+    Args:
+        image_shape: `(height, width, channels)`.
+        patch_size: `(ph, pw)`.
+        strides: `(sh, sw)`.
+
+    Returns:
+        float32 counts, `(height, width, channels)`.
+
+    Example:
+    >>> overlap_counts((5, 5, 1), (3, 3), (1, 1)).astype(int)[0, :, 0]
+    array([1, 2, 3, 2, 1])
+    """
     height, width, channels = image_shape
     rows = output_size(height, patch_size[0], strides[0])
     cols = output_size(width, patch_size[1], strides[1])

@@ -18,11 +18,15 @@ Reference:
 
 import dataclasses
 import math
+import os
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense.attacks.gradients import inference, weak_reference
 from manidefense.validation import (
@@ -47,6 +51,12 @@ class Projection:
         images: `G(w*)`, float32.
         distances: `d(G(w*), x)` per example (the objective minimised).
         l1: mean absolute pixel error `mean|G(w*) - x|` per example.
+
+    Example:
+    >>> vae = manidefense.zoo.VAE(latent_dim=8)
+    >>> proj = manidefense.manifold.project(vae.decoder, x, num_steps=10)
+    >>> proj.latents.shape, proj.images.shape, proj.distances.shape, proj.l1.shape
+    ((8, 8), (8, 28, 28, 1), (8,), (8,))
     """
 
     latents: np.ndarray
@@ -55,9 +65,12 @@ class Projection:
     l1: np.ndarray
 
 
-def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
-            l1_weight=1.0, perceptual="ssim", perceptual_weight=1.0, num_steps=200,
-            learning_rate=0.05, warmup=0.05, rampdown=0.25, batch_size=256, verbose=False):
+def project(decoder: keras.Model | Callable, x: ArrayLike, *, encoder: keras.Model | None = None,
+            initial_latents: ArrayLike | None = None, mean_latent: ArrayLike | None = None,
+            l1_weight: float = 1.0, perceptual: str | Callable | None = "ssim",
+            perceptual_weight: float = 1.0, num_steps: int = 200, learning_rate: float = 0.05,
+            warmup: float = 0.05, rampdown: float = 0.25, batch_size: int = 256,
+            verbose: bool = False) -> Projection:
     """Finds latents whose decoded images are closest to `x` (DMAT eq. 7).
 
     Args:
@@ -74,8 +87,8 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
         perceptual_weight: weight of the perceptual term.
         num_steps: Adam steps per batch (DMAT: 1000 on StyleGAN; small decoders need fewer).
         learning_rate: peak Adam learning rate.
-        warmup, rampdown: fractions of the steps for the linear warm-up and the cosine
-            ramp-down (0 turns either off).
+        warmup: fraction of the steps for the linear warm-up (0 turns it off).
+        rampdown: fraction of the steps for the cosine ramp-down (0 turns it off).
         batch_size: images optimised together (each keeps its own Adam state and best iterate).
         verbose: show a progress bar over batches.
 
@@ -83,8 +96,10 @@ def project(decoder, x, *, encoder=None, initial_latents=None, mean_latent=None,
         A `Projection` of `latents`, `images`, `distances` and `l1`.
 
     Example:
-    >>> proj = manidefense.manifold.projection.project(vae.decoder, x, encoder=vae.encoder)
+    >>> vae = manidefense.zoo.VAE(latent_dim=8)
+    >>> proj = manidefense.manifold.project(vae.decoder, x, encoder=vae.encoder, num_steps=20)
     >>> proj.images.shape == x.shape
+    True
     """
     x = check_images(x, (-math.inf, math.inf)).astype(np.float32)
     num_steps = check_positive_int("num_steps", num_steps)
@@ -284,13 +299,45 @@ class OnManifoldData:
     def __len__(self):
         return len(self.labels)
 
-    def save(self, path):
-        """Writes the arrays to a compressed `.npz` file."""
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the arrays to a compressed `.npz` file.
+
+        Args:
+            path: the file to write (NumPy appends `.npz` when missing).
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=8)
+        >>> om = manidefense.manifold.build_on_manifold_dataset(vae.decoder, x, y, num_steps=10)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "om.npz")
+        >>> om.save(path)
+        >>> len(manidefense.manifold.OnManifoldData.load(path))
+        8
+        """
         np.savez_compressed(path, **{name: getattr(self, name) for name in self._FIELDS})
 
     @classmethod
-    def load(cls, path):
-        """Reads a file written by `save` (with `allow_pickle=False`)."""
+    def load(cls, path: str | os.PathLike) -> "OnManifoldData":
+        """Reads a file written by `save` (with `allow_pickle=False`).
+
+        Args:
+            path: a file written by `save`.
+
+        Returns:
+            The `OnManifoldData`.
+
+        Raises:
+            ValueError: the file lacks one of the arrays.
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=8)
+        >>> om = manidefense.manifold.build_on_manifold_dataset(vae.decoder, x, y, num_steps=10)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "om.npz")
+        >>> om.save(path)
+        >>> bool(np.array_equal(OnManifoldData.load(path).latents, om.latents))
+        True
+        """
         with np.load(path, allow_pickle=False) as data:
             missing = [name for name in cls._FIELDS if name not in data.files]
             if missing:
@@ -300,25 +347,51 @@ class OnManifoldData:
                 )
             return cls(**{name: data[name] for name in cls._FIELDS})
 
-    def to_dataset(self, batch_size=128, shuffle=False, seed=None):
+    def to_dataset(self, batch_size: int = 128, shuffle: bool = False,
+                   seed: int | None = None) -> tf.data.Dataset:
         """A `tf.data.Dataset` of `((images, latents), labels)` batches, as
-        `DualManifoldTrainer.fit` takes them."""
+        `DualManifoldTrainer.fit` takes them.
+
+        Args:
+            batch_size: examples per batch.
+            shuffle: reshuffle every epoch.
+            seed: seed of the shuffle.
+
+        Returns:
+            A batched `tf.data.Dataset`.
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=8)
+        >>> om = manidefense.manifold.build_on_manifold_dataset(vae.decoder, x, y, num_steps=10)
+        >>> (images, latents), labels = next(iter(om.to_dataset(batch_size=4)))
+        >>> tuple(images.shape), tuple(latents.shape), tuple(labels.shape)
+        ((4, 28, 28, 1), (4, 8), (4,))
+        """
         ds = tf.data.Dataset.from_tensor_slices(((self.images, self.latents), self.labels))
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
         return ds.batch(check_positive_int("batch_size", batch_size))
 
 
-def build_on_manifold_dataset(decoder, x, y, **kwargs):
+def build_on_manifold_dataset(decoder: keras.Model | Callable, x: ArrayLike, y: ArrayLike,
+                              **kwargs: Any) -> OnManifoldData:
     """Projects every image of a labelled dataset onto the decoder's manifold.
 
     Args:
         decoder: the generator G.
-        x: images. y: integer labels.
+        x: images.
+        y: integer labels.
         **kwargs: passed to `project` (`encoder`, `num_steps`, `perceptual`, ...).
 
     Returns:
         An `OnManifoldData` whose `images` are exactly `G(latents)`.
+
+    Example:
+    >>> vae = manidefense.zoo.VAE(latent_dim=8)
+    >>> om = manidefense.manifold.build_on_manifold_dataset(vae.decoder, x, y,
+    ...                                                      encoder=vae.encoder, num_steps=10)
+    >>> len(om), bool(np.allclose(om.images, vae.decode(om.latents), atol=1e-5))
+    (8, True)
     """
     x = check_images(x, (-math.inf, math.inf))
     y = check_labels(y, len(x), "y")

@@ -12,9 +12,11 @@ whether the objective was met (NCN: some class reached p).
 """
 
 import inspect
+from collections.abc import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from manidefense.attacks import norms
@@ -55,15 +57,38 @@ def _answer(logits_fn, chosen, reached):
 
 
 class SearchFactor:
-    """Base class: validation of the shared arguments and the config round trip."""
+    """Base class: validation of the shared arguments and the config round trip.
+
+    A subclass implements `find(logits_fn, x)`; `ModelShell` calls it inside its graph.
+
+    Args:
+        bounds: valid input range `(low, high)`.
+
+    Example:
+    >>> search = manidefense.shells.MCN(delta=0.1)
+    >>> isinstance(search, SearchFactor), MCN.from_config(search.get_config()).delta
+    (True, 0.1)
+    """
 
     randomized = False
 
-    def __init__(self, *, bounds=(0.0, 1.0)):
+    def __init__(self, *, bounds: tuple[float, float] = (0.0, 1.0)):
         self.bounds = check_bounds(bounds)
 
-    def find(self, logits_fn, x):
-        """Graph-safe search on one float32 batch; returns `(z, classes, confidence, reached)`."""
+    def find(self, logits_fn: Callable[[tf.Tensor], tf.Tensor],
+             x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Graph-safe search on one float32 batch; returns `(z, classes, confidence, reached)`.
+
+        Args:
+            logits_fn: the base model as a function `x -> logits`.
+            x: a float32 batch within `bounds`.
+
+        Returns:
+            `(z, classes, confidence, reached)`, one entry per example.
+
+        Example:
+        >>> z, classes, confidence, reached = MCN(delta=0.1).find(model, tf.constant(x))
+        """
         raise NotImplementedError
 
     def get_config(self):
@@ -104,8 +129,9 @@ class MCN(SearchFactor):
     >>> shell = ModelShell(robust_cnn, MCN(delta=0.1, num_steps=20))
     """
 
-    def __init__(self, delta, norm="linf", num_steps=20, step_size=None, method="pgd", *,
-                 bounds=(0.0, 1.0)):
+    def __init__(self, delta: float, norm: str = "linf", num_steps: int = 20,
+                 step_size: float | None = None, method: str = "pgd", *,
+                 bounds: tuple[float, float] = (0.0, 1.0)):
         super().__init__(bounds=bounds)
         self.delta = check_positive("delta", delta)
         self.norm = check_norm(norm)
@@ -114,7 +140,25 @@ class MCN(SearchFactor):
                           else check_positive("step_size", step_size))
         self.method = check_choice("method", method, ("pgd", "cw"))
 
-    def find(self, logits_fn, x):
+    def find(self, logits_fn: Callable[[tf.Tensor], tf.Tensor],
+             x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Searches every example of the batch `x` (graph-safe).
+
+        Args:
+            logits_fn: the base model as a function `x -> logits` (a Keras classifier works).
+            x: a float32 batch within `bounds`.
+
+        Returns:
+            `(z, classes, confidence, reached)`: the points chosen per example, the class the
+            base model gives them, its confidence there, and whether the search met its
+            objective.
+
+        Example:
+        >>> search = manidefense.shells.MCN(delta=0.1, num_steps=5)
+        >>> z, classes, confidence, reached = search.find(model, tf.constant(x))
+        >>> tuple(z.shape), tuple(classes.shape)
+        ((8, 28, 28, 1), (8,))
+        """
         num_classes = ops.shape(logits_fn(x[:1]))[-1]
         tiled, classes = _tile_over_classes(x, num_classes)
         step = self.step_size or default_step_size(self.delta, self.num_steps)
@@ -161,8 +205,9 @@ class NCN(SearchFactor):
     >>> shell = ModelShell(robust_cnn, NCN(confidence=0.9, norm="l2"))
     """
 
-    def __init__(self, confidence, norm="l2", num_steps=50, num_stages=6, step_size=0.01,
-                 alpha=1.0, alpha_growth=4.0, *, bounds=(0.0, 1.0)):
+    def __init__(self, confidence: float, norm: str = "l2", num_steps: int = 50,
+                 num_stages: int = 6, step_size: float = 0.01, alpha: float = 1.0,
+                 alpha_growth: float = 4.0, *, bounds: tuple[float, float] = (0.0, 1.0)):
         super().__init__(bounds=bounds)
         self.confidence = check_fraction("confidence", confidence)
         self.norm = check_norm(norm)
@@ -175,7 +220,25 @@ class NCN(SearchFactor):
             raise ValueError("Argument `alpha_growth` must be >= 1 (the penalty grows). "
                              f"Received: alpha_growth={alpha_growth!r}")
 
-    def find(self, logits_fn, x):
+    def find(self, logits_fn: Callable[[tf.Tensor], tf.Tensor],
+             x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Searches every example of the batch `x` (graph-safe).
+
+        Args:
+            logits_fn: the base model as a function `x -> logits` (a Keras classifier works).
+            x: a float32 batch within `bounds`.
+
+        Returns:
+            `(z, classes, confidence, reached)`: the points chosen per example, the class the
+            base model gives them, its confidence there, and whether the search met its
+            objective.
+
+        Example:
+        >>> search = manidefense.shells.NCN(confidence=0.9, num_steps=5, num_stages=2)
+        >>> z, classes, confidence, reached = search.find(model, tf.constant(x))
+        >>> tuple(z.shape), tuple(classes.shape)
+        ((8, 28, 28, 1), (8,))
+        """
         num_classes = ops.shape(logits_fn(x[:1]))[-1]
         tiled, classes = _tile_over_classes(x, num_classes)
         z, feasible = self._solve(logits_fn, tiled, classes)
@@ -234,14 +297,33 @@ class UnifiedSearch(SearchFactor):
     >>> shell = ModelShell(robust_cnn, UnifiedSearch(lambda_=2.0))
     """
 
-    def __init__(self, lambda_, norm="l2", num_steps=100, step_size=0.01, *, bounds=(0.0, 1.0)):
+    def __init__(self, lambda_: float, norm: str = "l2", num_steps: int = 100,
+                 step_size: float = 0.01, *, bounds: tuple[float, float] = (0.0, 1.0)):
         super().__init__(bounds=bounds)
         self.lambda_ = check_positive("lambda_", lambda_)
         self.norm = check_norm(norm)
         self.num_steps = check_positive_int("num_steps", num_steps)
         self.step_size = check_positive("step_size", step_size)
 
-    def find(self, logits_fn, x):
+    def find(self, logits_fn: Callable[[tf.Tensor], tf.Tensor],
+             x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Searches every example of the batch `x` (graph-safe).
+
+        Args:
+            logits_fn: the base model as a function `x -> logits` (a Keras classifier works).
+            x: a float32 batch within `bounds`.
+
+        Returns:
+            `(z, classes, confidence, reached)`: the points chosen per example, the class the
+            base model gives them, its confidence there, and whether the search met its
+            objective.
+
+        Example:
+        >>> search = manidefense.shells.UnifiedSearch(lambda_=2.0, num_steps=5)
+        >>> z, classes, confidence, reached = search.find(model, tf.constant(x))
+        >>> tuple(z.shape), tuple(classes.shape)
+        ((8, 28, 28, 1), (8,))
+        """
         num_classes = ops.shape(logits_fn(x[:1]))[-1]
         tiled, classes = _tile_over_classes(x, num_classes)
 
@@ -279,8 +361,8 @@ class SamplingVote(SearchFactor):
 
     randomized = True
 
-    def __init__(self, num_samples=32, radius=0.1, norm="linf", seed=None, *,
-                 bounds=(0.0, 1.0)):
+    def __init__(self, num_samples: int = 32, radius: float = 0.1, norm: str = "linf",
+                 seed: int | None = None, *, bounds: tuple[float, float] = (0.0, 1.0)):
         super().__init__(bounds=bounds)
         self.num_samples = check_positive_int("num_samples", num_samples)
         self.radius = check_positive("radius", radius)
@@ -303,11 +385,42 @@ class SamplingVote(SearchFactor):
         shares = ops.sum(votes, axis=1) / ops.sum(votes, axis=(1, 2))[:, None]
         return z, ops.reshape(weights, (-1, n)), ops.reshape(ops.argmax(probs, -1), (-1, n)), shares
 
-    def vote(self, logits_fn, x):
-        """The shell's output: confidence-weighted vote shares, `(batch, num_classes)`."""
+    def vote(self, logits_fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """The shell's output: confidence-weighted vote shares, `(batch, num_classes)`.
+
+        Args:
+            logits_fn: the base model as a function `x -> logits`.
+            x: a float32 batch within `bounds`.
+
+        Returns:
+            Vote shares summing to 1 per example; fresh samples on every call.
+
+        Example:
+        >>> vote = manidefense.shells.SamplingVote(num_samples=16, radius=0.1, seed=0)
+        >>> shares = vote.vote(model, tf.constant(x))
+        >>> tuple(shares.shape), bool(np.allclose(np.sum(shares, axis=1), 1.0))
+        ((8, 10), True)
+        """
         return self._samples(logits_fn, x)[3]
 
-    def find(self, logits_fn, x):
+    def find(self, logits_fn: Callable[[tf.Tensor], tf.Tensor],
+             x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Searches every example of the batch `x` (graph-safe).
+
+        Args:
+            logits_fn: the base model as a function `x -> logits` (a Keras classifier works).
+            x: a float32 batch within `bounds`.
+
+        Returns:
+            `(z, classes, confidence, reached)`: per example, the most confident sample voting
+            for the winning class, the winning class, its vote share, and True.
+
+        Example:
+        >>> search = manidefense.shells.SamplingVote(num_samples=16, radius=0.1, seed=0)
+        >>> z, classes, confidence, reached = search.find(model, tf.constant(x))
+        >>> tuple(z.shape), tuple(classes.shape)
+        ((8, 28, 28, 1), (8,))
+        """
         z, weights, labels, shares = self._samples(logits_fn, x)
         winner = ops.argmax(shares, axis=-1)
         for_winner = ops.where(ops.equal(labels, winner[:, None]), weights, -1.0)

@@ -1,12 +1,23 @@
 """Certified accuracy against the L2 radius (Cohen et al.'s Fig. and Table VI of RBF-CNN)."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.certification import average_certified_radius, certified_accuracy
 from manidefense.visualization.images import _figure
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
-def plot_certified_accuracy(results, labels, ax=None, max_radius=None, title=None):
+
+def plot_certified_accuracy(results: Mapping[str, tuple[ArrayLike, ArrayLike]], labels: ArrayLike,
+                            ax: Axes | None = None, max_radius: float | None = None,
+                            title: str | None = None) -> Axes:
     """Certified accuracy as a function of the radius, one step curve per certification.
 
     Args:

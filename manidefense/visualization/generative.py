@@ -9,20 +9,32 @@ Reference:
     Adversarial Training", ICCV 2021, Fig. 3.
 """
 
-from collections.abc import Mapping
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.validation import check_bounds, check_positive_int
 from manidefense.visualization.images import _figure
 from manidefense.visualization.rbf import _finite_array, _grid_axes, _show
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
 NOT_FOOLED = "not fooled"
 _GREY = "0.5"
 
 
-def plot_generative_examples(originals, adversarial, *, predictions=None, labels=None,
-                             class_names=None, num_examples=8, bounds=(0.0, 1.0), axes=None):
+def plot_generative_examples(originals: ArrayLike, adversarial: Mapping[str, Any], *,
+                             predictions: Mapping[str, ArrayLike] | None = None,
+                             labels: ArrayLike | None = None,
+                             class_names: Sequence[str] | None = None, num_examples: int = 8,
+                             bounds: tuple[float, float] = (0.0, 1.0),
+                             axes: np.ndarray | None = None) -> np.ndarray:
     """The generated images `g(y, η)`, then one row of adversarial images per attack setting.
 
     The analogue of Fig. 3 of the GAT paper (Poursaeed et al.): the first row holds the
@@ -100,7 +112,8 @@ def plot_generative_examples(originals, adversarial, *, predictions=None, labels
     return grid
 
 
-def plot_iterations_histogram(results, *, max_iterations=None, ax=None, title=None):
+def plot_iterations_histogram(results: Mapping[str, Any], *, max_iterations: int | None = None,
+                              ax: Axes | None = None, title: str | None = None) -> Axes:
     """Fraction of the examples fooled after 0, 1, ..., `max_iterations` iterations, and not.
 
     One group of bars per iteration count, one bar per run (grouped side by side, in the

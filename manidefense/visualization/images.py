@@ -1,6 +1,11 @@
 """Image grids of clean inputs, adversarial examples and their differences."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def _figure(figsize):
@@ -25,8 +30,11 @@ def _show(ax, image, title, cmap=None, limits=(0.0, 1.0)):
     ax.set_yticks([])
 
 
-def plot_adversarial_grid(x, adversarials, labels=None, predictions=None, class_names=None,
-                          num_examples=6, bounds=(0.0, 1.0)):
+def plot_adversarial_grid(x: ArrayLike, adversarials: Mapping[str, ArrayLike],
+                          labels: ArrayLike | None = None,
+                          predictions: Mapping[str, ArrayLike] | None = None,
+                          class_names: Sequence[str] | None = None, num_examples: int = 6,
+                          bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Draws clean inputs, then for each attack its adversarial example and the difference.
 
     Args:

@@ -4,10 +4,21 @@ They draw arrays (or a fitted `RBFLayer`'s weights) and never run a model or an 
 compute the reconstructions and accuracies first, then plot them.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.validation import check_bounds, check_positive_int
 from manidefense.visualization.images import _figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from manidefense.layers.rbf import RBFLayer
 
 
 def _finite_array(name, value, dtype="float64"):
@@ -64,8 +75,10 @@ def _show(ax, image, title, bounds):
 
 # --- filters ------------------------------------------------------------------------------
 
-def plot_rbf_filters(means, variances=None, num_filters=None, axes=None, columns=8,
-                     sort=True, bounds=(0.0, 1.0)):
+def plot_rbf_filters(means: ArrayLike | RBFLayer, variances: ArrayLike | None = None,
+                     num_filters: int | None = None,
+                     axes: Sequence[Axes] | np.ndarray | None = None, columns: int = 8,
+                     sort: bool = True, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Draws the RBF filter means as enlarged patches, one per Axes (RBF-CNN Fig. 2).
 
     Args:
@@ -156,9 +169,12 @@ def _distances(a, b):
     return np.sqrt(np.sum(diff ** 2, axis=1)), np.max(np.abs(diff), axis=1)
 
 
-def plot_reconstructions(x, x_reconstructed, labels=None, class_names=None,
-                         x_adversarial=None, x_adversarial_reconstructed=None,
-                         num_examples=6, axes=None, bounds=(0.0, 1.0)):
+def plot_reconstructions(x: ArrayLike, x_reconstructed: ArrayLike, labels: ArrayLike | None = None,
+                         class_names: Sequence[str] | None = None,
+                         x_adversarial: ArrayLike | None = None,
+                         x_adversarial_reconstructed: ArrayLike | None = None,
+                         num_examples: int = 6, axes: np.ndarray | None = None,
+                         bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Images before and after the reconstruction, with the distances (RBF-CNN Fig. 3).
 
     One column per example. Rows:
@@ -262,8 +278,10 @@ def _interval(name, interval, accuracy):
     return interval
 
 
-def plot_beta2_tradeoff(beta2_values, clean_accuracy, robust_accuracy, robust_interval=None,
-                        clean_interval=None, ax=None, title=None, robust_label="robust"):
+def plot_beta2_tradeoff(beta2_values: ArrayLike, clean_accuracy: ArrayLike,
+                        robust_accuracy: ArrayLike, robust_interval: ArrayLike | None = None,
+                        clean_interval: ArrayLike | None = None, ax: Axes | None = None,
+                        title: str | None = None, robust_label: str = "robust") -> Axes:
     """Clean and robust accuracy against the noise level β2 (RBF-CNN Table VII).
 
     Args:

@@ -3,16 +3,27 @@
 They take a `RobustnessReport`, its `to_dict()`, or plain arrays, and never run a model.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from manidefense.visualization.images import _figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from manidefense.evaluation.report import RobustnessReport
 
 
 def _as_dict(report):
     return report.to_dict() if hasattr(report, "to_dict") else dict(report)
 
 
-def plot_security_curve(curves, ax=None, title="Security curve"):
+def plot_security_curve(curves: RobustnessReport | Mapping[str, Any], ax: Axes | None = None,
+                        title: str = "Security curve") -> Axes:
     """Accuracy against the budget eps, one line per attack (checklist E11).
 
     Args:
@@ -45,7 +56,7 @@ def plot_security_curve(curves, ax=None, title="Security curve"):
     return ax
 
 
-def plot_attack_bars(report, ax=None):
+def plot_attack_bars(report: RobustnessReport | Mapping[str, Any], ax: Axes | None = None) -> Axes:
     """Accuracy after each attack of the cascade, with clean accuracy first (checklist E4).
 
     Bars fall monotonically: each attack only adds the points it broke. The worst case is
@@ -57,6 +68,14 @@ def plot_attack_bars(report, ax=None):
 
     Returns:
         The matplotlib Axes.
+
+    Example:
+    >>> report = manidefense.evaluation.evaluate_robustness(
+    ...     model, x, y, attacks=["fgsm", "pgd"], eps=0.1, norm="linf")
+    >>> ax = manidefense.visualization.plot_attack_bars(report)
+    >>> [tick.get_text() for tick in ax.get_xticklabels()][:3]  # then the checklist baselines
+    ['clean', 'fgsm', 'pgd']
+    >>> ax.figure.savefig("attack_bars.png")  # doctest: +SKIP
     """
     d = _as_dict(report)
     if d.get("robust_interval") is None:

@@ -1,20 +1,33 @@
 """Model-shell plots: what the search did to an image (the paper's Figs. 1–2), and the base
 model's confidence before and after the search."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.visualization.images import _figure
 from manidefense.visualization.rbf import _finite_array, _grid_axes, _image_batch, _show
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
-def plot_shell_search(x, x_adv, z, predictions, confidences, labels=None, class_names=None,
-                      num_examples=4, bounds=(0.0, 1.0), axes=None):
+
+def plot_shell_search(x: ArrayLike, x_adv: ArrayLike, z: ArrayLike,
+                      predictions: Mapping[str, ArrayLike], confidences: Mapping[str, ArrayLike],
+                      labels: ArrayLike | None = None, class_names: Sequence[str] | None = None,
+                      num_examples: int = 4, bounds: tuple[float, float] = (0.0, 1.0),
+                      axes: np.ndarray | None = None) -> np.ndarray:
     """Rows of: clean image, adversarial image, the shell's embedded point H(F, x_adv), and
     the embedded point's difference to the adversarial image (scaled to its largest value).
 
     Args:
-        x, x_adv, z: `(n, H, W, C)` images: clean, adversarial, and the search's output for
-            the adversarial ones (`ModelShell.search(x_adv)[0]`).
+        x: clean images `(n, H, W, C)`.
+        x_adv: their adversarial examples, shaped like `x`.
+        z: the search's output for the adversarial ones (`ModelShell.search(x_adv)[0]`).
         predictions: dict with `"clean"`, `"adversarial"` and `"shell"` predicted labels of
             the base model on x and x_adv and of the shell on x_adv (each `(n,)`).
         confidences: dict with the same keys: the base model's confidence at x, at x_adv and
@@ -63,7 +76,8 @@ def plot_shell_search(x, x_adv, z, predictions, confidences, labels=None, class_
     return grid
 
 
-def plot_confidence_shift(before, after, ax=None, title="Confidence before and after the search"):
+def plot_confidence_shift(before: ArrayLike, after: ArrayLike, ax: Axes | None = None,
+                          title: str = "Confidence before and after the search") -> Axes:
     """Histogram of the base model's confidence ‖F(·)‖∞ at the inputs and at the points the
     search returned (the postulate: the search moves points to where F is confident).
 
@@ -75,6 +89,14 @@ def plot_confidence_shift(before, after, ax=None, title="Confidence before and a
 
     Returns:
         The matplotlib Axes.
+
+    Example:
+    >>> shell = manidefense.shells.ModelShell(model, manidefense.shells.MCN(delta=0.1))
+    >>> before = np.max(keras.ops.softmax(model(x)), axis=-1)
+    >>> z, classes, after, reached = shell.search(x)
+    >>> ax = manidefense.visualization.plot_confidence_shift(before, after)
+    >>> ax.get_xlabel()
+    'base model confidence'
     """
     before, after = _finite_array("before", before), _finite_array("after", after)
     if before.ndim != 1 or before.shape != after.shape:

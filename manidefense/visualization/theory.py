@@ -5,16 +5,28 @@ They draw arrays computed beforehand (`theory.energy_by_direction`, `theory.boun
 and never run a model or an attack.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.visualization.images import _figure
 from manidefense.visualization.rbf import _finite_array
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 
-def plot_energy_spectrum(energies, eigenvalues, ax=None, manifold_dim=None, normalize=True,
-                         floor=1e-12, title="Perturbation energy per eigen-direction"):
+def plot_energy_spectrum(energies: Mapping[str, ArrayLike], eigenvalues: ArrayLike,
+                         ax: Axes | None = None, manifold_dim: int | None = None,
+                         normalize: bool = True, floor: float = 1e-12,
+                         title: str = "Perturbation energy per eigen-direction") -> Axes:
     """One line per attack: the energy of its perturbations along each eigenvector, with the
     eigenvalues on a second log axis (the paper's claim: regular attacks spend their energy
     where the variance is small, generative ones where it is large).
@@ -73,15 +85,18 @@ def plot_energy_spectrum(energies, eigenvalues, ax=None, manifold_dim=None, norm
     return ax
 
 
-def plot_boundary_slice(grids, s, t, points=None, labels=None, ax=None,
-                        axis_labels=("u_i", "u_j"), title="Decision boundaries"):
+def plot_boundary_slice(grids: Mapping[str, ArrayLike], s: ArrayLike, t: ArrayLike,
+                        points: ArrayLike | None = None, labels: ArrayLike | None = None,
+                        ax: Axes | None = None, axis_labels: tuple[str, str] = ("u_i", "u_j"),
+                        title: str = "Decision boundaries") -> Axes:
     """Decision boundaries of several models on one plane, over scattered samples.
 
     Args:
         grids: dict name -> values on the grid, indexed `[t, s]`: `(len(t), len(s))` decision
             values (boundary at 0) or `(len(t), len(s), num_classes)` logits (boundary where
             the argmax changes), as returned by `theory.boundary_slice`.
-        s, t: the grid coordinates along the plane's two directions.
+        s: the grid coordinates along the plane's first direction.
+        t: the grid coordinates along its second direction.
         points: optional `(n, 2)` coordinates `(s, t)` of samples on the plane.
         labels: optional `(n,)` integer classes colouring the points.
         ax: matplotlib Axes; a new figure when None.

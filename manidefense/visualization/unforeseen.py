@@ -4,15 +4,25 @@ They take arrays computed elsewhere (the attacks run in `manidefense.attacks`, t
 `manidefense.evaluation.uar`) and never run a model.
 """
 
+from __future__ import annotations
+
 import numbers
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from manidefense.validation import check_bounds, check_positive_int
 from manidefense.visualization.images import _figure, _show
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
-def plot_unforeseen_grid(x, examples, num_examples=3, bounds=(0.0, 1.0)):
+
+def plot_unforeseen_grid(x: ArrayLike, examples: Mapping[str, Mapping[float, ArrayLike]],
+                         num_examples: int = 3,
+                         bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Clean images, each attack's adversarial examples at increasing eps, and the differences.
 
     The analogue of Fig. 5 of the DMAT paper (Lin et al., 2020). Each example takes a block
@@ -62,7 +72,9 @@ def plot_unforeseen_grid(x, examples, num_examples=3, bounds=(0.0, 1.0)):
     return axes
 
 
-def plot_accuracy_vs_eps(curves, ata=None, ax=None):
+def plot_accuracy_vs_eps(curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+                         ata: Mapping[str, ArrayLike | None] | None = None,
+                         ax: Axes | None = None) -> Axes:
     """Accuracy against the calibrated eps index k = 1..6, one line per attack.
 
     Each attack's eps are in its own units (pixels of flow, JPEG quantization steps, L∞ on

@@ -5,7 +5,8 @@ import keras
 from manidefense.validation import check_positive_int
 
 
-def small_cnn(input_shape=(28, 28, 1), num_classes=10, width=32, name="small_cnn"):
+def small_cnn(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10,
+              width: int = 32, name: str = "small_cnn") -> keras.Sequential:
     """The reference CNN: conv32-conv64-pool-conv128-pool-dense256-dense10, returning logits.
 
     3×3 ReLU convolutions; `width` scales every layer (width=32 is the reference used in

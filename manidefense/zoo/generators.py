@@ -11,9 +11,11 @@ import numbers
 import keras
 import tensorflow as tf
 from keras import layers, ops
+from numpy.typing import ArrayLike
 
 from manidefense.validation import check_choice, check_non_negative, check_positive_int
 
+#: Reconstruction losses of `VAE(reconstruction=...)`.
 RECONSTRUCTIONS = ("bce", "l1", "l2")
 
 
@@ -134,8 +136,9 @@ class VAE(keras.Model):
         Kingma, Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
     """
 
-    def __init__(self, latent_dim=16, image_shape=(28, 28, 1), width=32, beta=1.0,
-                 reconstruction="bce", seed=None, **kwargs):
+    def __init__(self, latent_dim: int = 16, image_shape: tuple[int, int, int] = (28, 28, 1),
+                 width: int = 32, beta: float = 1.0, reconstruction: str = "bce",
+                 seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         # === Config ===
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
@@ -163,17 +166,54 @@ class VAE(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
 
-    def encode(self, x):
+    def encode(self, x: ArrayLike | tf.Tensor) -> tf.Tensor:
         """The posterior means `z_mean` of images `x` (graph-safe; use `encoder.predict(x)[0]`
-        for large numpy arrays)."""
+        for large numpy arrays).
+
+        Args:
+            x: images `(batch, *image_shape)` in [0, 1].
+
+        Returns:
+            `(batch, latent_dim)` latents.
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=16)
+        >>> tuple(vae.encode(x).shape)
+        (8, 16)
+        """
         return self.encoder(x, training=False)[0]
 
-    def decode(self, z):
-        """Images in [0, 1] decoded from latents `z` of shape `(batch, latent_dim)`."""
+    def decode(self, z: ArrayLike | tf.Tensor) -> tf.Tensor:
+        """Images in [0, 1] decoded from latents `z` of shape `(batch, latent_dim)`.
+
+        Args:
+            z: latents `(batch, latent_dim)`.
+
+        Returns:
+            Images `(batch, *image_shape)`.
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=16)
+        >>> tuple(vae.decode(np.zeros((2, 16), "float32")).shape)
+        (2, 28, 28, 1)
+        """
         return self.decoder(z, training=False)
 
-    def sample(self, num, seed=None):
-        """`num` images decoded from `z ~ N(0, I)`; an integer `seed` makes them reproducible."""
+    def sample(self, num: int, seed: int | None = None) -> tf.Tensor:
+        """`num` images decoded from `z ~ N(0, I)`; an integer `seed` makes them reproducible.
+
+        Args:
+            num: number of images.
+            seed: int or None.
+
+        Returns:
+            Images `(num, *image_shape)` in [0, 1].
+
+        Example:
+        >>> vae = manidefense.zoo.VAE(latent_dim=16)
+        >>> tuple(vae.sample(4, seed=0).shape)
+        (4, 28, 28, 1)
+        """
         num = check_positive_int("num", num)
         z = keras.random.normal((num, self.latent_dim), seed=_check_seed(seed))
         return self.decode(z)
@@ -253,7 +293,8 @@ class DCGAN(keras.Model):
         Convolutional Generative Adversarial Networks", ICLR 2016.
     """
 
-    def __init__(self, latent_dim=64, image_shape=(28, 28, 1), width=64, seed=None, **kwargs):
+    def __init__(self, latent_dim: int = 64, image_shape: tuple[int, int, int] = (28, 28, 1),
+                 width: int = 64, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         # === Config ===
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
@@ -272,14 +313,17 @@ class DCGAN(keras.Model):
         self.built = True
 
     @property
-    def decoder(self):
+    def decoder(self) -> keras.Model:
+        """The generator, under the name `manifold.projection` and `LatentPGD` use."""
         return self.generator
 
     @property
     def metrics(self):
         return [self.generator_tracker, self.discriminator_tracker]
 
-    def compile(self, generator_optimizer=None, discriminator_optimizer=None, **kwargs):
+    def compile(self, generator_optimizer: keras.optimizers.Optimizer | str | None = None,
+                discriminator_optimizer: keras.optimizers.Optimizer | str | None = None,
+                **kwargs) -> None:
         """Sets one optimizer per player (default `Adam(2e-4, beta_1=0.5)`, Radford et al.);
         `kwargs` go to `keras.Model.compile` (e.g. `run_eagerly`), no loss is needed."""
         def resolve(optimizer):
@@ -308,8 +352,21 @@ class DCGAN(keras.Model):
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
 
-    def sample(self, num, seed=None):
-        """`num` images generated from `z ~ N(0, I)`; an integer `seed` makes them reproducible."""
+    def sample(self, num: int, seed: int | None = None) -> tf.Tensor:
+        """`num` images generated from `z ~ N(0, I)`; an integer `seed` makes them reproducible.
+
+        Args:
+            num: number of images.
+            seed: int or None.
+
+        Returns:
+            Images `(num, *image_shape)` in [0, 1].
+
+        Example:
+        >>> gan = manidefense.zoo.DCGAN(latent_dim=64)
+        >>> tuple(gan.sample(4, seed=0).shape)
+        (4, 28, 28, 1)
+        """
         num = check_positive_int("num", num)
         z = keras.random.normal((num, self.latent_dim), seed=_check_seed(seed))
         return self.generator(z, training=False)

@@ -32,11 +32,14 @@ Reference:
 """
 
 import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
+from numpy.typing import ArrayLike
 
 from manidefense.validation import (
     check_labels,
@@ -44,6 +47,9 @@ from manidefense.validation import (
     check_positive_int,
 )
 from manidefense.zoo.generators import _check_seed
+
+if TYPE_CHECKING:
+    from manidefense.manifold.projection import Projection
 
 _EPS = 1e-8
 
@@ -236,9 +242,10 @@ class StyleGenerator(keras.Model):
         Karras, Laine, Aila, CVPR 2019 (StyleGAN); Poursaeed et al., ICCV 2021 (GAT).
     """
 
-    def __init__(self, image_shape=(28, 28, 1), num_classes=10, latent_dim=64, w_dim=128,
-                 channels=None, mapping_layers=3, noise_init=None, r1_gamma=0.5,
-                 r1_interval=16, seed=None, **kwargs):
+    def __init__(self, image_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10,
+                 latent_dim: int = 64, w_dim: int = 128, channels: Sequence[int] | None = None,
+                 mapping_layers: int = 3, noise_init: float | Sequence[float] | None = None,
+                 r1_gamma: float = 0.5, r1_interval: int = 16, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         # === Config ===
         self.channels = _check_channels(default_channels(image_shape) if channels is None
@@ -282,20 +289,22 @@ class StyleGenerator(keras.Model):
     # === Sizes ===
 
     @property
-    def num_layers(self):
+    def num_layers(self) -> int:
         """Number of synthesis layers (each with one style and one noise input)."""
         return len(self.layer_channels)
 
     @property
-    def style_size(self):
+    def style_size(self) -> int:
+        """Style values per image: `Σ_l 2 C_l` (448 for the default 28×28 generator)."""
         return int(sum(s[0] for s in self.style_shapes))
 
     @property
-    def noise_size(self):
+    def noise_size(self) -> int:
+        """Noise values per image: `Σ_l H_l W_l` (2,058 for the default 28×28 generator)."""
         return int(sum(np.prod(s) for s in self.noise_shapes))
 
     @property
-    def latent_size(self):
+    def latent_size(self) -> int:
         """Length of the flat latent vector `flatten(styles, noises)`."""
         return self.style_size + self.noise_size
 
@@ -367,20 +376,52 @@ class StyleGenerator(keras.Model):
                              f"labels. Received: shape {labels.shape}")
         return check_labels(labels, len(labels), "labels", self.num_classes).astype(np.int32)
 
-    def styles_for(self, z, labels, training=False):
+    def styles_for(self, z: ArrayLike | tf.Tensor, labels: ArrayLike | tf.Tensor,
+                   training: bool = False) -> list[tf.Tensor]:
         """The styles `A(mapping(z, labels))`, a list with one `(batch, 2 C_l)` tensor per
-        layer (graph-safe)."""
+        layer (graph-safe).
+
+        Args:
+            z: latents `(batch, latent_dim)`.
+            labels: integer labels `(batch,)`.
+            training: run the mapping and affine layers in training mode.
+
+        Returns:
+            A list of `num_layers` style tensors.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> z = keras.random.normal((4, gen.latent_dim), seed=0)
+        >>> styles = gen.styles_for(z, np.array([0, 1, 2, 3]))
+        >>> len(styles), tuple(styles[0].shape)
+        (6, (4, 128))
+        """
         w = self.mapping([z, ops.cast(labels, "int32")], training=training)
         styles = self.affine(w, training=training)
         return list(styles) if isinstance(styles, (list, tuple)) else [styles]
 
-    def random_noise(self, num, seed=None):
-        """A list of `num` N(0, 1) noise images per layer; `seed`: int, SeedGenerator or None."""
+    def random_noise(self, num: int,
+                     seed: int | keras.random.SeedGenerator | None = None) -> list[tf.Tensor]:
+        """A list of `num` N(0, 1) noise images per layer; `seed`: int, SeedGenerator or None.
+
+        Args:
+            num: images per layer.
+            seed: an int, a `keras.random.SeedGenerator` or None.
+
+        Returns:
+            A list of `num_layers` tensors `(num, H_l, W_l, 1)`.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> [tuple(n.shape) for n in gen.random_noise(4, seed=0)][::2]
+        [(4, 7, 7, 1), (4, 14, 14, 1), (4, 28, 28, 1)]
+        """
         if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
             seed = keras.random.SeedGenerator(_check_seed(seed))
         return [keras.random.normal((num, *shape), seed=seed) for shape in self.noise_shapes]
 
-    def sample(self, labels, seed=None):
+    def sample(self, labels: ArrayLike,
+               seed: int | None = None) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
         """Conditional samples: returns `(styles, noises, images)` for the given labels.
 
         Args:
@@ -390,6 +431,12 @@ class StyleGenerator(keras.Model):
         Returns:
             `styles` (list of `(n, 2 C_l)` tensors), `noises` (list of `(n, H_l, W_l, 1)`
             tensors) and `images` `(n, H, W, C)` in [0, 1].
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator.pretrained()
+        >>> styles, noises, images = gen.sample([0, 1, 9], seed=0)  # T-shirt, trouser, boot
+        >>> tuple(images.shape)
+        (3, 28, 28, 1)
         """
         labels = self._check_labels(labels)
         seed = _check_seed(seed)
@@ -399,19 +446,63 @@ class StyleGenerator(keras.Model):
         styles = self.styles_for(z, ops.convert_to_tensor(labels))
         return styles, noises, self.synthesize(styles, noises)
 
-    def synthesize(self, styles, noises):
-        """`g(styles, noises)`: images in [0, 1] (graph-safe, inference mode)."""
+    def synthesize(self, styles: Sequence[ArrayLike | tf.Tensor],
+                   noises: Sequence[ArrayLike | tf.Tensor]) -> tf.Tensor:
+        """`g(styles, noises)`: images in [0, 1] (graph-safe, inference mode).
+
+        Args:
+            styles: `num_layers` tensors `(batch, 2 C_l)`.
+            noises: `num_layers` tensors `(batch, H_l, W_l, 1)`.
+
+        Returns:
+            Images `(batch, H, W, C)`.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> styles, noises, images = gen.sample([0, 1], seed=0)
+        >>> bool(np.allclose(gen.synthesize(styles, noises), images))
+        True
+        """
         inputs = [ops.convert_to_tensor(t, "float32") for t in [*styles, *noises]]
         return self.synthesis(inputs, training=False)
 
-    def flatten(self, styles, noises):
-        """The latents as one `(batch, latent_size)` tensor: styles then noises, layer order."""
+    def flatten(self, styles: Sequence[ArrayLike | tf.Tensor],
+                noises: Sequence[ArrayLike | tf.Tensor]) -> tf.Tensor:
+        """The latents as one `(batch, latent_size)` tensor: styles then noises, layer order.
+
+        Args:
+            styles: `num_layers` style tensors.
+            noises: `num_layers` noise tensors.
+
+        Returns:
+            A float32 tensor `(batch, latent_size)`.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> styles, noises, images = gen.sample([0, 1], seed=0)
+        >>> tuple(gen.flatten(styles, noises).shape)  # 448 style + 2058 noise values
+        (2, 2506)
+        """
         parts = [ops.reshape(ops.cast(t, "float32"), (-1, int(np.prod(t.shape[1:]))))
                  for t in list(styles) + list(noises)]
         return ops.concatenate(parts, axis=-1)
 
-    def unflatten(self, flat):
-        """Inverse of `flatten`: `(styles, noises)` lists."""
+    def unflatten(self, flat: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """Inverse of `flatten`: `(styles, noises)` lists.
+
+        Args:
+            flat: `(batch, latent_size)` latents.
+
+        Returns:
+            `(styles, noises)`, each a list of `num_layers` tensors.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> styles, noises, images = gen.sample([0, 1], seed=0)
+        >>> styles2, noises2 = gen.unflatten(gen.flatten(styles, noises))
+        >>> bool(np.allclose(styles2[0], styles[0])), bool(np.allclose(noises2[-1], noises[-1]))
+        (True, True)
+        """
         sizes = [s[0] for s in self.style_shapes] + [int(np.prod(s)) for s in self.noise_shapes]
         parts = ops.split(flat, np.cumsum(sizes)[:-1].tolist(), axis=-1)
         styles = parts[:self.num_layers]
@@ -419,12 +510,44 @@ class StyleGenerator(keras.Model):
                   zip(parts[self.num_layers:], self.noise_shapes, strict=True)]
         return list(styles), noises
 
-    def decode_flat(self, flat):
-        """`g(unflatten(flat))`: the synthesis as a function of one flat latent vector."""
+    def decode_flat(self, flat: ArrayLike | tf.Tensor) -> tf.Tensor:
+        """`g(unflatten(flat))`: the synthesis as a function of one flat latent vector.
+
+        Args:
+            flat: `(batch, latent_size)` latents.
+
+        Returns:
+            Images `(batch, H, W, C)`.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> styles, noises, images = gen.sample([0, 1], seed=0)
+        >>> bool(np.allclose(gen.decode_flat(gen.flatten(styles, noises)), images, atol=1e-6))
+        True
+        """
         return self.synthesize(*self.unflatten(ops.cast(flat, "float32")))
 
-    def check_latents(self, latents, name="latents"):
-        """Validates `(styles, noises)` against this generator; returns float32 numpy lists."""
+    def check_latents(self, latents: tuple[Sequence, Sequence],
+                      name: str = "latents") -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Validates `(styles, noises)` against this generator; returns float32 numpy lists.
+
+        Args:
+            latents: a pair `(styles, noises)` of `num_layers`-entry lists.
+            name: the argument's name, for the error message.
+
+        Returns:
+            `(styles, noises)` as lists of float32 numpy arrays.
+
+        Raises:
+            ValueError: wrong structure, shapes, dtype, or non-finite values.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> styles, noises, images = gen.sample([0, 1], seed=0)
+        >>> styles_np, noises_np = gen.check_latents((styles, noises))
+        >>> styles_np[0].dtype, styles_np[0].shape
+        (dtype('float32'), (2, 128))
+        """
         ok = isinstance(latents, (tuple, list)) and len(latents) == 2
         if ok:
             styles, noises = latents
@@ -458,19 +581,56 @@ class StyleGenerator(keras.Model):
             raise ValueError(f"Argument `{name}` is empty (batch size 0).")
         return out[0], out[1]
 
-    def mean_styles(self, labels=None, num=1024, seed=0):
-        """The mean style per layer over `num` samples (of `labels`, or of all classes)."""
+    def mean_styles(self, labels: ArrayLike | None = None, num: int = 1024,
+                    seed: int = 0) -> list[tf.Tensor]:
+        """The mean style per layer over `num` samples (of `labels`, or of all classes).
+
+        Args:
+            labels: the classes to average over (repeated to `num` samples), or None for
+                all classes.
+            num: samples averaged.
+            seed: seed of the latents.
+
+        Returns:
+            A list of `num_layers` tensors `(2 C_l,)`.
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator()
+        >>> tuple(gen.mean_styles([3], num=256)[0].shape)
+        (128,)
+        """
         if labels is None:
             labels = np.arange(num) % self.num_classes
         labels = self._check_labels(np.resize(np.asarray(labels), num))
         z = keras.random.normal((num, self.latent_dim), seed=seed)
         return [ops.mean(s, axis=0) for s in self.styles_for(z, ops.convert_to_tensor(labels))]
 
-    def embed(self, x, labels=None, num_steps=300, learning_rate=0.02, **kwargs):
+    def embed(self, x: ArrayLike, labels: ArrayLike | None = None, num_steps: int = 300,
+              learning_rate: float = 0.02,
+              **kwargs) -> "tuple[list[np.ndarray], list[np.ndarray], Projection]":
         """Input-conditioned generation (GAT §3.1.1): latents `(styles, noises)` whose
         synthesis is close to the images `x`, found by `manifold.projection.project` (L1 + 1 -
         SSIM by default) from the class's mean style (`labels`) or the overall mean style and
-        zero noise. Returns `(styles, noises, projection)` with numpy arrays."""
+        zero noise. Returns `(styles, noises, projection)` with numpy arrays.
+
+        Args:
+            x: images `(n, H, W, C)` in [0, 1].
+            labels: optional classes of `x` (start from each class's mean style).
+            num_steps: optimisation steps of the projection.
+            learning_rate: its learning rate.
+            **kwargs: further arguments of `manifold.projection.project` (e.g. `l1_weight`).
+
+        Returns:
+            `(styles, noises, projection)`: the latents as lists of numpy arrays and the
+            `Projection` (its `images`, `distances`, `l1`).
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator.pretrained()
+        >>> _, _, images = gen.sample([0, 1], seed=0)
+        >>> styles, noises, result = gen.embed(images, labels=[0, 1], num_steps=20)
+        >>> len(styles) == len(noises) == gen.num_layers
+        True
+        """
         from manidefense.manifold.projection import project
 
         x = np.asarray(x, dtype=np.float32)
@@ -503,7 +663,7 @@ class StyleGenerator(keras.Model):
         return decoder
 
     @classmethod
-    def pretrained(cls, dataset="fashion_mnist"):
+    def pretrained(cls, dataset: str = "fashion_mnist") -> "StyleGenerator":
         """The generator trained by `models/gat.py`, shipped with the package (no download).
 
         Args:
@@ -512,6 +672,11 @@ class StyleGenerator(keras.Model):
 
         Returns:
             A `StyleGenerator` in inference use (not compiled).
+
+        Example:
+        >>> gen = manidefense.zoo.StyleGenerator.pretrained("fashion_mnist")
+        >>> gen.image_shape, gen.num_classes
+        ((28, 28, 1), 10)
         """
         from pathlib import Path
 
@@ -535,15 +700,18 @@ class StyleGenerator(keras.Model):
         return self.synthesis(styles + noises, training=training)
 
     @property
-    def generator_variables(self):
+    def generator_variables(self) -> list:
+        """The affine and synthesis layers' trainable variables (the generator optimizer's)."""
         return self.affine.trainable_variables + self.synthesis.trainable_variables
 
     @property
     def metrics(self):
         return [self.generator_tracker, self.discriminator_tracker, self.r1_tracker]
 
-    def compile(self, generator_optimizer=None, discriminator_optimizer=None,
-                mapping_optimizer=None, **kwargs):
+    def compile(self, generator_optimizer: keras.optimizers.Optimizer | str | None = None,
+                discriminator_optimizer: keras.optimizers.Optimizer | str | None = None,
+                mapping_optimizer: keras.optimizers.Optimizer | str | None = None,
+                **kwargs) -> None:
         """One optimizer per part: default `Adam(2e-4, beta_1=0, beta_2=0.99, epsilon=1e-8)`
         for the synthesis + affine layers and the discriminator, and the same with 2e-5 for
         the mapping network (StyleGAN's slower mapping). `kwargs` go to `keras.Model.compile`."""

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense.attacks import norms
 from manidefense.attacks.base import Attack
@@ -63,7 +64,7 @@ class UnforeseenAttack(Attack):
     # The smallest image side the transform supports.
     min_size = 1
 
-    def __init__(self, eps, step_size=None, num_steps=100, **kwargs):
+    def __init__(self, eps: float, step_size: float | None = None, num_steps: int = 100, **kwargs):
         super().__init__(**kwargs)
         self.eps = check_non_negative("eps", eps)
         self.step_size = None if step_size is None else check_positive("step_size", step_size)
@@ -108,7 +109,9 @@ class UnforeseenAttack(Attack):
                 f"shape {(None, *shape)}"
             )
 
-    def __call__(self, model, x, y, target=None):
+    def __call__(self, model: keras.Model, x: ArrayLike, y: ArrayLike,
+                 target: ArrayLike | None = None) -> np.ndarray:
+        """The attack contract, after checking the images are large enough for the transform."""
         self._check_size(tuple(getattr(x, "shape", ()))[1:])
         return super().__call__(model, x, y, target)
 
@@ -143,11 +146,23 @@ class UnforeseenAttack(Attack):
         )
         return self._from_unit(self._render(unit, z, setup))
 
-    def random_transform(self, x):
+    def random_transform(self, x: ArrayLike) -> np.ndarray:
         """The transform with random, non-optimised variables (no model): a corruption.
 
         Draws the attack's initial variables (its random start) and renders them; the same
-        seed gives the same corruption. Returns an array like `x`.
+        seed gives the same corruption.
+
+        Args:
+            x: images `(batch, height, width, channels)` within `bounds`.
+
+        Returns:
+            The corrupted images, a numpy array like `x`.
+
+        Example:
+        >>> fog = manidefense.attacks.Fog(eps=1.0, seed=0)
+        >>> x_fog = fog.random_transform(x)
+        >>> x_fog.shape == x.shape, bool(np.all(x_fog == fog.random_transform(x)))
+        (True, True)
         """
         x_np = check_images(x, self.bounds)
         self._check_size(x_np.shape[1:])

@@ -2,6 +2,10 @@
 
 import functools
 
+import numpy as np
+from numpy.typing import ArrayLike
+
+from manidefense.attacks.unforeseen.base import UnforeseenAttack
 from manidefense.attacks.unforeseen.fog import Fog
 from manidefense.attacks.unforeseen.gabor import Gabor
 from manidefense.attacks.unforeseen.jpeg import JPEG
@@ -24,8 +28,24 @@ SEVERITIES = {
 KINDS = tuple(SEVERITIES)
 
 
-def corruption(kind, severity, seed=None, bounds=(0.0, 1.0), batch_size=256):
-    """The attack object whose random start is the corruption `kind` at `severity` (1..5)."""
+def corruption(kind: str, severity: int, seed: int | None = None,
+               bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256) -> UnforeseenAttack:
+    """The attack object whose random start is the corruption `kind` at `severity` (1..5).
+
+    Args:
+        kind: one of `KINDS`.
+        severity: 1 (mild) .. 5 (strong).
+        seed: int or None.
+        bounds: value range of the images.
+        batch_size: examples per compiled call.
+
+    Returns:
+        The configured unforeseen attack (its `random_transform` is the corruption).
+
+    Example:
+    >>> corruption("snow", 2, seed=0)
+    Snow(eps=0.5, ...)
+    """
     kind = check_choice("kind", kind, KINDS)
     severity = check_positive_int("severity", severity)
     if severity > 5:
@@ -36,7 +56,8 @@ def corruption(kind, severity, seed=None, bounds=(0.0, 1.0), batch_size=256):
     return cls(**settings, seed=seed, bounds=bounds, batch_size=batch_size)
 
 
-def corrupt(x, kind, severity=3, seed=None, bounds=(0.0, 1.0), batch_size=256):
+def corrupt(x: ArrayLike, kind: str, severity: int = 3, seed: int | None = None,
+            bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256) -> np.ndarray:
     """Applies a corruption: an unforeseen attack's transform with random parameters.
 
     The same generators as the attacks (fog fractal, snow flakes, Gabor texture, elastic
@@ -56,7 +77,9 @@ def corrupt(x, kind, severity=3, seed=None, bounds=(0.0, 1.0), batch_size=256):
         Corrupted images, a numpy array like `x`.
 
     Example:
-    >>> x_fog = manidefense.attacks.unforeseen.corrupt(x_test, "fog", severity=3, seed=0)
+    >>> x_fog = manidefense.attacks.corrupt(x, "fog", severity=3, seed=0)
+    >>> x_fog.shape == x.shape
+    True
     """
     bounds = tuple(float(b) for b in bounds)
     return _cached(kind, severity, seed, bounds, batch_size).random_transform(x)

@@ -77,7 +77,8 @@ class Fog(UnforeseenAttack):
     eps_units = "fog strength (unit pixel values)"
     min_size = 2
 
-    def __init__(self, eps=1.0, step_size=None, num_steps=100, decay=2.0, **kwargs):
+    def __init__(self, eps: float = 1.0, step_size: float | None = None, num_steps: int = 100,
+                 decay: float = 2.0, **kwargs):
         super().__init__(eps, step_size=step_size, num_steps=num_steps, **kwargs)
         if not decay > 1.0:
             raise ValueError(f"Argument `decay` must be > 1. Received: decay={decay!r}")

@@ -70,8 +70,8 @@ class Gabor(UnforeseenAttack):
     threat_model = "gabor"
     eps_units = "texture amplitude (unit pixel values)"
 
-    def __init__(self, eps=0.2, step_size=None, num_steps=100, kernel_size=None,
-                 density=1 / 14, **kwargs):
+    def __init__(self, eps: float = 0.2, step_size: float | None = None, num_steps: int = 100,
+                 kernel_size: int | None = None, density: float = 1 / 14, **kwargs):
         super().__init__(eps, step_size=step_size, num_steps=num_steps, **kwargs)
         if kernel_size is not None:
             kernel_size = check_positive_int("kernel_size", kernel_size)
@@ -83,7 +83,8 @@ class Gabor(UnforeseenAttack):
         self.density = check_fraction("density", density, 1e-6, 1.0)
 
     @property
-    def min_size(self):
+    def min_size(self) -> int:
+        """The smallest image side accepted: the kernel size (13 by default)."""
         return self.kernel_size or 13
 
     def _default_step_size(self):

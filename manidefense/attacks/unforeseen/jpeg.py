@@ -70,12 +70,14 @@ class JPEG(UnforeseenAttack):
     eps_units = "DCT change (half quantisation steps)"
     min_size = BLOCK
 
-    def __init__(self, eps=0.25, norm="linf", step_size=None, num_steps=100, **kwargs):
+    def __init__(self, eps: float = 0.25, norm: str = "linf", step_size: float | None = None,
+                 num_steps: int = 100, **kwargs):
         super().__init__(eps, step_size=step_size, num_steps=num_steps, **kwargs)
         self.norm = check_norm(norm)
 
     @property
-    def threat_model(self):
+    def threat_model(self) -> str:
+        """`"jpeg-linf"`, `"jpeg-l2"` or `"jpeg-l1"`: the norm is part of the threat model."""
         return f"jpeg-{self.norm}"
 
     def _check_size(self, shape):

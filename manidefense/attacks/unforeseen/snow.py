@@ -103,8 +103,8 @@ class Snow(UnforeseenAttack):
     eps_units = "snow brightness (unit pixel values)"
     min_size = _CELL
 
-    def __init__(self, eps=0.5, step_size=None, num_steps=100, flake_size=None, whiten=None,
-                 **kwargs):
+    def __init__(self, eps: float = 0.5, step_size: float | None = None, num_steps: int = 100,
+                 flake_size: int | None = None, whiten: float | None = None, **kwargs):
         super().__init__(eps, step_size=step_size, num_steps=num_steps, **kwargs)
         if flake_size is not None:
             flake_size = check_positive_int("flake_size", flake_size)

@@ -66,8 +66,8 @@ class Spatial(UnforeseenAttack):
     uses_gradients = False
     min_size = 2
 
-    def __init__(self, max_angle=30.0, max_shift=3.0, search="grid", num_angles=31,
-                 num_shifts=5, num_samples=10, **kwargs):
+    def __init__(self, max_angle: float = 30.0, max_shift: float = 3.0, search: str = "grid",
+                 num_angles: int = 31, num_shifts: int = 5, num_samples: int = 10, **kwargs):
         Attack.__init__(self, **kwargs)
         self.max_angle = check_non_negative("max_angle", max_angle)
         self.max_shift = check_non_negative("max_shift", max_shift)
@@ -81,8 +81,18 @@ class Spatial(UnforeseenAttack):
     def _is_identity(self):
         return self.max_angle == 0 and self.max_shift == 0
 
-    def grid(self):
-        """The `(num_transforms, 3)` grid of (degrees, row shift, column shift)."""
+    def grid(self) -> np.ndarray:
+        """The `(num_transforms, 3)` grid of (degrees, row shift, column shift).
+
+        Returns:
+            A float32 array with `num_angles * num_shifts ** 2` rows, what `search="grid"`
+            tries.
+
+        Example:
+        >>> grid = manidefense.attacks.Spatial(max_angle=30, max_shift=3).grid()
+        >>> grid.shape, grid[0].tolist()
+        ((775, 3), [-30.0, -3.0, -3.0])
+        """
         angles = np.linspace(-self.max_angle, self.max_angle, self.num_angles)
         shifts = np.linspace(-self.max_shift, self.max_shift, self.num_shifts)
         a, r, c = np.meshgrid(angles, shifts, shifts, indexing="ij")

@@ -1,7 +1,10 @@
 """Warping attacks: Elastic (a smoothed, optimised flow) and StAdv (a smooth flow, CW margin)."""
 
+from typing import NoReturn
+
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense.attacks.unforeseen.base import (
     LatentSpace,
@@ -59,8 +62,8 @@ class Elastic(UnforeseenAttack):
     eps_units = "largest displacement (pixels)"
     min_size = 2
 
-    def __init__(self, eps=1.0, step_size=None, num_steps=100, sigma=None, kernel_size=None,
-                 **kwargs):
+    def __init__(self, eps: float = 1.0, step_size: float | None = None, num_steps: int = 100,
+                 sigma: float | None = None, kernel_size: int | None = None, **kwargs):
         super().__init__(eps, step_size=step_size, num_steps=num_steps, **kwargs)
         self.sigma = None if sigma is None else check_positive("sigma", sigma)
         if kernel_size is not None:
@@ -122,7 +125,8 @@ class StAdv(UnforeseenAttack):
     eps_units = "largest displacement (pixels)"
     min_size = 2
 
-    def __init__(self, eps=1.0, tau=0.05, step_size=None, num_steps=100, **kwargs):
+    def __init__(self, eps: float = 1.0, tau: float = 0.05, step_size: float | None = None,
+                 num_steps: int = 100, **kwargs):
         kwargs.setdefault("loss", "margin")
         super().__init__(eps, step_size=step_size, num_steps=num_steps, **kwargs)
         self.tau = check_non_negative("tau", tau)
@@ -148,7 +152,21 @@ class StAdv(UnforeseenAttack):
     def _render(self, x, z, setup):
         return warp(x, z, fill="edge")
 
-    def random_transform(self, x):
+    def random_transform(self, x: ArrayLike) -> NoReturn:
+        """Not available: StAdv's flow starts at zero, so it has no random corruption.
+
+        Args:
+            x: images (unused).
+
+        Returns:
+            Never returns.
+
+        Raises:
+            ValueError: always; `Elastic(...).random_transform` draws random smooth warps.
+
+        Example:
+        >>> x_warped = manidefense.attacks.Elastic(eps=1.0, seed=0).random_transform(x)
+        """
         raise ValueError("StAdv has no random corruption: its flow starts at zero. Use "
                          "Elastic for random smooth warps.")
 
