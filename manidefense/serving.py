@@ -17,6 +17,8 @@ different seeds give independent draws of the defense's output distribution.
 """
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -50,7 +52,8 @@ def seed_generators(model: keras.layers.Layer) -> list[keras.random.SeedGenerato
     return found
 
 
-def input_signature_of(model: keras.Model, input_signature=None) -> list[tf.TensorSpec]:
+def input_signature_of(model: keras.Model,
+                       input_signature: list | tf.TensorSpec | None = None) -> list[tf.TensorSpec]:
     """The `tf.TensorSpec` list an exported endpoint takes: `input_signature` if given, else
     the model's (a functional model's inputs, or the shape it was built or first called with).
 
@@ -87,7 +90,8 @@ def input_signature_of(model: keras.Model, input_signature=None) -> list[tf.Tens
     return out
 
 
-def export(model: keras.Model, filepath: str | os.PathLike, *, input_signature=None,
+def export(model: keras.Model, filepath: str | os.PathLike, *,
+           input_signature: list | tf.TensorSpec | None = None,
            options: dict | None = None, seeded: bool | None = None,
            verbose: bool = False) -> list[str]:
     """Writes a defended model as a TensorFlow SavedModel for `tf.saved_model.load`/TF Serving.
@@ -179,7 +183,8 @@ def _seeded(generators, fn):
 
 
 
-def with_seed(generators: list[keras.random.SeedGenerator], seed, fn):
+def with_seed(generators: list[keras.random.SeedGenerator], seed: int | tf.Tensor,
+              fn: Callable[[], Any]) -> Any:
     """Runs `fn()` with every generator's state set from `seed`, then restores the states.
 
     Generator i gets state `[seed, i * 2**32]`: distinct streams of the same seed (a draw

@@ -15,8 +15,6 @@ Constants and submodules need a `#:` comment or a module docstring, not an examp
 are Keras' contract and are not checked; `compile` and `__call__` need hints, not an example
 (their class's example shows them).
 
-`LEAD_ALLOWED` lists what the names in files being rewritten for issue 12 still lack; it is
-to be emptied: an entry that is no longer missing fails `test_allow_list_is_current`.
 """
 
 import functools
@@ -68,48 +66,6 @@ KERAS_HOOKS = {
 }
 # Methods shown by their class's example: hints are checked, an example is not required.
 NO_EXAMPLE_METHODS = {"__call__", "compile"}
-
-# Files being rewritten for issue 12 by its lead. Their names may appear in LEAD_ALLOWED.
-LEAD_FILES = (
-    "manidefense/__init__.py", "manidefense/_wrapping.py", "manidefense/serving.py",
-    "manidefense/distribute.py", "manidefense/attacks/base.py",
-    "manidefense/evaluation/robustness.py", "manidefense/certification/",
-    "manidefense/shells/model_shell.py", "manidefense/layers/defense.py",
-    "manidefense/training/", "manidefense/export",
-)
-
-# What the lead's names still lack (qualified by their defining module). Empty it.
-LEAD_ALLOWED = {
-    "manidefense.attacks.base.Attack": {"example"},
-    "manidefense.attacks.base.Attack.__call__": {"hints"},
-    "manidefense.certification.curves.certified_accuracy": {"hints"},
-    "manidefense.certification.smoothing.ABSTAIN": {"comment"},
-    "manidefense.certification.smoothing.SmoothedClassifier.certify": {"example"},
-    "manidefense.certification.smoothing.SmoothedClassifier.draws_per_call": {"hints"},
-    "manidefense.certification.smoothing.SmoothedClassifier.export": {"hints"},
-    "manidefense.certification.smoothing.SmoothedClassifier.export_endpoints": {"example", "hints"},
-    "manidefense.certification.smoothing.SmoothedClassifier.predict": {"example"},
-    "manidefense.certification.smoothing.SmoothedClassifier.sample_counts": {"example"},
-    "manidefense.certification.smoothing.SmoothedClassifier.soft_votes": {"example", "hints"},
-    "manidefense.certification.smoothing.SmoothedClassifier.surrogate": {"hints"},
-    "manidefense.evaluation.robustness.evaluate_robustness": {"hints"},
-    "manidefense.layers.defense.RepeatSamples": {"example", "hints"},
-    "manidefense.layers.defense.SampleAverage": {"example", "hints"},
-    "manidefense.layers.defense.SampleAverage.draws_per_call": {"hints"},
-    "manidefense.layers.defense.rbf_defense": {"hints"},
-    "manidefense.serving.export": {"hints"},
-    "manidefense.serving.input_signature_of": {"hints"},
-    "manidefense.serving.with_seed": {"hints"},
-    "manidefense.shells.model_shell.ModelShell.base_probabilities": {"example", "hints"},
-    "manidefense.shells.model_shell.ModelShell.export": {"example", "hints"},
-    "manidefense.shells.model_shell.ModelShell.randomized": {"hints"},
-    "manidefense.shells.model_shell.ModelShell.search": {"example"},
-    "manidefense.shells.model_shell.ModelShell.surrogate": {"hints"},
-    "manidefense.training.dual_manifold.DualManifoldTrainer": {"hints"},
-    "manidefense.training.generative.GenerativeAdversarialTrainer": {"hints"},
-    "manidefense.training.generative.GenerativeAdversarialTrainer.adversarial_batch": {
-        "example", "hints"},
-}
 
 _EXAMPLE = re.compile(r"^\s*Examples?:\s*$(?:.|\n)*?^\s*>>> ", re.MULTILINE)
 
@@ -223,11 +179,6 @@ def audit():
     return problems, files, constants, modules
 
 
-def _is_lead_file(path):
-    path = path.replace("\\", "/")
-    return any(f"/{pattern}" in path for pattern in LEAD_FILES)
-
-
 def _report(entries):
     return "\n".join(f"  {key}: missing {sorted(missing)}" for key, missing in sorted(entries))
 
@@ -261,32 +212,9 @@ def _all_problems():
 
 
 def test_public_names_have_docstrings_examples_and_hints():
-    unexpected = [(key, found - LEAD_ALLOWED.get(key, set()))
-                  for key, found in _all_problems().items()
-                  if found - LEAD_ALLOWED.get(key, set())]
+    unexpected = sorted(_all_problems().items())
     assert not unexpected, "Public names lacking documentation or hints:\n" + _report(
         unexpected)
-
-
-def test_allow_list_is_current():
-    """An allow-listed gap that has been fixed must leave the list (it is to be emptied)."""
-    problems = _all_problems()
-    stale = [(key, allowed - problems.get(key, set())) for key, allowed in LEAD_ALLOWED.items()
-             if allowed - problems.get(key, set())]
-    assert not stale, "Fixed: remove from LEAD_ALLOWED:\n" + _report(stale)
-
-
-def test_allow_list_only_covers_the_leads_files():
-    _, files, _, _ = audit()
-    outside = []
-    for key in LEAD_ALLOWED:
-        path = files.get(key)
-        if path is None:  # a constant: find its module
-            module = key.rsplit(".", 1)[0]
-            path = inspect.getsourcefile(sys.modules[module]) if module in sys.modules else ""
-        if not _is_lead_file(path):
-            outside.append(key)
-    assert not outside, f"LEAD_ALLOWED entries outside the lead's files: {outside}"
 
 
 def test_constants_and_submodules_are_listed_and_documented():

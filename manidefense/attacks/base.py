@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense import distribute
 from manidefense.attacks import norms
@@ -69,6 +70,18 @@ class Attack:
         verbose: show a progress bar when there is more than one batch.
         jit_compile: compile with XLA; `"auto"` turns it on only when a GPU is present.
         output: `"auto"`, `"logits"` or `"probabilities"`: what the model returns.
+
+    A subclass writes only the graph-safe `_attack_batch`; the base class does the rest.
+
+    Example:
+    >>> class SignNoise(Attack):
+    ...     def __init__(self, eps=0.1, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.eps, self.norm = eps, "linf"
+    ...     def _attack_batch(self, logits_fn, x, labels, target):
+    ...         return x + self.eps * keras.ops.sign(
+    ...             keras.random.normal(keras.ops.shape(x), seed=self._seed_generator))
+    >>> x_adv = SignNoise(eps=0.05, seed=0)(model, x_test, y_test)  # projected and clipped
     """
 
     # Whether the attack reads the model's gradients (the evaluation orders and audits
@@ -104,7 +117,8 @@ class Attack:
 
     # === The contract ===
 
-    def __call__(self, model: keras.Model, x, y, target=None):
+    def __call__(self, model: keras.Model, x: ArrayLike | tf.Tensor, y: ArrayLike | tf.Tensor,
+                 target: ArrayLike | tf.Tensor | None = None) -> np.ndarray | tf.Tensor:
         """Runs the attack.
 
         Args:

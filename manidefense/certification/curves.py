@@ -7,6 +7,7 @@ are misclassified or abstained on.
 """
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def _certified(radii, classes, labels):
@@ -28,7 +29,7 @@ def _certified(radii, classes, labels):
 
 
 def certified_accuracy(radii: np.ndarray, classes: np.ndarray, labels: np.ndarray,
-                       thresholds) -> np.ndarray:
+                       thresholds: ArrayLike) -> np.ndarray:
     """Fraction of test points certified with their true class at each radius threshold.
 
     Args:

@@ -11,12 +11,15 @@ Reference:
 """
 
 import numbers
+import os
 import random as python_random
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense import serving
 from manidefense._wrapping import build_from_base, build_from_saved
@@ -30,6 +33,7 @@ from manidefense.validation import (
     check_positive_int,
 )
 
+#: The class PREDICT and CERTIFY return when they abstain.
 ABSTAIN = -1
 """The class `predict` and `certify` return when they abstain."""
 
@@ -104,12 +108,12 @@ class SmoothedClassifier(keras.Model):
         build_from_base(self, base_model)  # last: building locks the tracked state
 
     @property
-    def draws_per_call(self):
+    def draws_per_call(self) -> int:
         """Read by `attacks.adaptive_model`: one call already averages `num_samples` draws."""
         return self.num_samples
 
     @property
-    def surrogate(self):
+    def surrogate(self) -> Callable:
         """The differentiable stand-in BPDA uses: mean softmax of the base over noise draws."""
         return self.soft_votes
 
@@ -121,8 +125,15 @@ class SmoothedClassifier(keras.Model):
             return self.base_model(inputs + noise, training=True)
         return self._votes(inputs, hard=True)
 
-    def soft_votes(self, inputs):
-        """Mean of the base model's softmax over `num_samples` noisy copies of each input."""
+    def soft_votes(self, inputs: ArrayLike | tf.Tensor) -> tf.Tensor:
+        """Mean of the base model's softmax over `num_samples` noisy copies of each input.
+
+        Differentiable (it is the smoothed classifier's BPDA `surrogate`).
+
+        Example:
+        >>> smoothed.soft_votes(x_test[:4]).shape
+        TensorShape([4, 10])
+        """
         return self._votes(inputs, hard=False)
 
     def _votes(self, inputs, hard):
@@ -168,6 +179,10 @@ class SmoothedClassifier(keras.Model):
 
         Returns:
             An int64 array of classes, `ABSTAIN` (-1) where the test fails.
+
+        Example:
+        >>> smoothed = SmoothedClassifier(cnn, num_classes=10, sigma=0.25, seed=0)
+        >>> smoothed.predict(x_test[:100], num_samples=1000, alpha=0.001)
         """
         num_samples = check_positive_int("num_samples", num_samples)
         alpha = check_fraction("alpha", alpha)
@@ -198,6 +213,10 @@ class SmoothedClassifier(keras.Model):
         Returns:
             `(classes, radii)`: int64 classes (`ABSTAIN` where it abstains) and float64 radii
             (0 where it abstains).
+
+        Example:
+        >>> classes, radii = smoothed.certify(x_test[:100], 100, 100_000, alpha=0.001)
+        >>> certified_accuracy(radii, classes, y_test[:100], [0.0, 0.25, 0.5])
         """
         n0 = check_positive_int("num_samples_selection", num_samples_selection)
         n = check_positive_int("num_samples_estimation", num_samples_estimation)
@@ -241,6 +260,10 @@ class SmoothedClassifier(keras.Model):
         Returns:
             An int64 array `(len(x), num_classes)` of class counts, each row summing to
             `num_samples`.
+
+        Example:
+        >>> smoothed.sample_counts(x_test[:2], num_samples=100).sum(axis=1)
+        array([100, 100])
         """
         num_samples = check_positive_int("num_samples", num_samples)
         batch_size = check_positive_int("batch_size", batch_size or self.batch_size)
@@ -313,15 +336,27 @@ class SmoothedClassifier(keras.Model):
 
     # === Serving ===
 
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
-               num_samples=100, alpha=0.001, **kwargs):
+    def export(self, filepath: str | os.PathLike, format: str = "tf_saved_model",
+               verbose: bool | None = None, input_signature: list | None = None,
+               num_samples: int = 100, alpha: float = 0.001, **kwargs) -> list[str] | None:
         """Exports the smoothed classifier as a TensorFlow SavedModel.
 
         Endpoints (`manidefense.serving.export`): `serve(x)`, the vote frequencies of
         `self.num_samples` fresh draws (what `call` returns); `predict(x)`, Cohen's PREDICT
         with `num_samples` draws at level `alpha` (int64 classes, `ABSTAIN` = -1); and
         `serve_seeded(x, seed)` / `predict_seeded(x, seed)`, the same with the noise set from
-        an int64 seed for that request.
+        an int64 seed for that request. Other formats go to `keras.Model.export`.
+
+        Args:
+            filepath: directory to write.
+            format: `"tf_saved_model"` (anything else: Keras' exporter, `serve` only).
+            verbose: print Keras' summary of the endpoints.
+            input_signature: as for `serving.export`.
+            num_samples: noise draws per example of the `predict` endpoint.
+            alpha: level of `predict`'s binomial test.
+
+        Returns:
+            The endpoint names written.
 
         Example:
         >>> smoothed.export("/srv/models/smoothed/1", num_samples=1000, alpha=0.001)
@@ -335,10 +370,23 @@ class SmoothedClassifier(keras.Model):
                               verbose=bool(verbose),
                               options={"num_samples": num_samples, "alpha": alpha})
 
-    def export_endpoints(self, specs, num_samples=100, alpha=0.001):
+    def export_endpoints(self, specs: list[tf.TensorSpec], num_samples: int = 100,
+                         alpha: float = 0.001) -> dict:
         """The extra endpoint `serving.export` writes: `predict`, Cohen's PREDICT in a graph.
 
         Draws `min(num_samples, batch_size)`-sized rounds per example, like `sample_counts`.
+
+        Args:
+            specs: the input signature (one `tf.TensorSpec`).
+            num_samples: noise draws per example.
+            alpha: level of the binomial test.
+
+        Returns:
+            `{"predict": (function, input_signature)}`.
+
+        Example:
+        >>> predict, _ = smoothed.export_endpoints([tf.TensorSpec((None, 28, 28, 1))])["predict"]
+        >>> predict(tf.constant(x_test[:4]))  # int64 classes, -1 where it abstains
         """
         num_samples = check_positive_int("num_samples", num_samples)
         alpha = check_fraction("alpha", alpha)

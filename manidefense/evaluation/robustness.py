@@ -217,7 +217,8 @@ def _save_state(path, state):
 
 
 def evaluate_robustness(
-        model: keras.Model, x: np.ndarray, y: np.ndarray, attacks=None, *,
+        model: keras.Model, x: np.ndarray, y: np.ndarray,
+        attacks: list | dict | None = None, *,
         eps: float | None = None, norm: str | None = None,
         bounds: tuple[float, float] = (0.0, 1.0), adaptive: bool = True,
         eot_samples: int = 20, num_draws: int | None = None, checks: str = "fast",

@@ -3,15 +3,24 @@
 import keras
 from keras import ops
 
+from manidefense.layers.rbf import RBFLayer
 from manidefense.layers.reconstruction import TEST_BETA1, ReconstructionLayer
 from manidefense.validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="manidefense")
 class RepeatSamples(keras.layers.Layer):
-    """Repeats every example `num_samples` times along the batch (copies are consecutive)."""
+    """Repeats every example `num_samples` times along the batch (copies are consecutive).
 
-    def __init__(self, num_samples, **kwargs):
+    Args:
+        num_samples: copies per example.
+
+    Example:
+    >>> RepeatSamples(3)(np.array([[1.0], [2.0]])).numpy().ravel()
+    array([1., 1., 1., 2., 2., 2.], dtype=float32)
+    """
+
+    def __init__(self, num_samples: int, **kwargs):
         super().__init__(**kwargs)
         self.num_samples = check_positive_int("num_samples", num_samples)
 
@@ -32,15 +41,21 @@ class SampleAverage(keras.layers.Layer):
     Args:
         num_samples: copies per example, as made by `RepeatSamples`.
         from_logits: the inputs are logits (a softmax is applied first) or probabilities.
+
+    Example:
+    >>> probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.0, 1.0]])
+    >>> SampleAverage(2, from_logits=False)(probs).numpy()
+    array([[0.7 , 0.3 ],
+           [0.1 , 0.9 ]], dtype=float32)
     """
 
-    def __init__(self, num_samples, from_logits=True, **kwargs):
+    def __init__(self, num_samples: int, from_logits: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.num_samples = check_positive_int("num_samples", num_samples)
         self.from_logits = bool(from_logits)
 
     @property
-    def draws_per_call(self):
+    def draws_per_call(self) -> int:
         """Read by `attacks.adaptive_model`: each output already averages this many draws."""
         return self.num_samples
 
@@ -66,9 +81,10 @@ def outputs_logits(classifier):
     return getattr(activation, "__name__", "") != "softmax"
 
 
-def rbf_defense(classifier: keras.Model, rbf, beta1: float = TEST_BETA1, beta2: float = 1.75,
-                num_samples: int = 10, clip: bool = True, from_logits: bool | None = None,
-                seed: int | None = None, name: str = "rbf_defense") -> keras.Model:
+def rbf_defense(classifier: keras.Model, rbf: RBFLayer, beta1: float = TEST_BETA1,
+                beta2: float = 1.75, num_samples: int = 10, clip: bool = True,
+                from_logits: bool | None = None, seed: int | None = None,
+                name: str = "rbf_defense") -> keras.Model:
     """RBF-CNN: a classifier behind an RBF layer and a reconstruction layer (Fig. 1, eq. 5).
 
     The model repeats each input `num_samples` times, reconstructs every copy with its own

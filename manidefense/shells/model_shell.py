@@ -1,9 +1,13 @@
 """ModelShell: a base model wrapped with a search factor, G[F](x) = F(H(F, x)) (Defs. 3–5)."""
 
+import os
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense import serving
 from manidefense._wrapping import build_from_base, build_from_saved
@@ -56,17 +60,22 @@ class ModelShell(keras.Model):
         build_from_base(self, base_model)  # last: building locks the tracked state
 
     @property
-    def randomized(self):
+    def randomized(self) -> bool:
         """A sampling shell draws fresh points on every call; MCN and NCN are deterministic."""
         return bool(getattr(self.search_factor, "randomized", False))
 
     @property
-    def surrogate(self):
+    def surrogate(self) -> Callable:
         """BPDA's backward pass: the base model's probabilities (straight-through search)."""
         return self.base_probabilities
 
-    def base_probabilities(self, inputs):
-        """F(x) as probabilities, without the search."""
+    def base_probabilities(self, inputs: ArrayLike | tf.Tensor) -> tf.Tensor:
+        """F(x) as probabilities, without the search.
+
+        Example:
+        >>> shell.base_probabilities(x_test[:4]).shape  # what F says before the search
+        TensorShape([4, 10])
+        """
         return ops.softmax(self._logits_fn(ops.cast(inputs, "float32")), axis=-1)
 
     def call(self, inputs):
@@ -87,6 +96,11 @@ class ModelShell(keras.Model):
             `(z, classes, confidence, reached)` as numpy arrays: the points H(F, x), F's class
             and confidence at them, and whether the objective was met per example (NCN: some
             class reached p; always True for MCN).
+
+        Example:
+        >>> z, classes, confidence, reached = shell.search(x_test[:8])
+        >>> (classes == shell.predict(x_test[:8]).argmax(-1)).all()
+        True
         """
         x = check_images(x, self.search_factor.bounds).astype(np.float32, copy=False)
         batch_size = check_positive_int("batch_size", batch_size)
@@ -106,11 +120,29 @@ class ModelShell(keras.Model):
     def build_from_config(self, config):
         build_from_saved(self, config)
 
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
-               **kwargs):
-        """Exports the shell as a TensorFlow SavedModel (`manidefense.serving.export`): the
-        `serve` endpoint returns the shell's class probabilities (the search runs inside the
-        graph); a sampling shell adds `serve_seeded(inputs, seed)`."""
+    def export(self, filepath: str | os.PathLike, format: str = "tf_saved_model",
+               verbose: bool | None = None, input_signature: list | None = None,
+               **kwargs) -> list[str] | None:
+        """Exports the shell as a TensorFlow SavedModel (`manidefense.serving.export`).
+
+        The `serve` endpoint returns the shell's class probabilities (the search runs inside
+        the graph); a sampling shell adds `serve_seeded(inputs, seed)`. Other formats go to
+        `keras.Model.export`.
+
+        Args:
+            filepath: directory to write.
+            format: `"tf_saved_model"` (anything else: Keras' exporter).
+            verbose: print Keras' summary of the endpoints.
+            input_signature: as for `serving.export`; default: the base model's input.
+
+        Returns:
+            The endpoint names written.
+
+        Example:
+        >>> ModelShell(cnn, MCN(delta=0.1)).export("/srv/models/shell/1")
+        ['serve']
+        >>> tf.saved_model.load("/srv/models/shell/1").serve(tf.constant(x_test[:8]))
+        """
         if format != "tf_saved_model" or kwargs:
             return super().export(filepath, format=format, verbose=verbose,
                                   input_signature=input_signature, **kwargs)

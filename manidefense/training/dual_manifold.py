@@ -74,7 +74,8 @@ class DualManifoldTrainer(ClassifierTrainer):
     """
 
     def __init__(self, classifier: keras.Model, generator: keras.Model | None = None,
-                 image_attack=_DEFAULT, latent_attack=_DEFAULT, objective: str = "ce",
+                 image_attack: Attack | None = _DEFAULT,
+                 latent_attack: LatentPGD | None = _DEFAULT, objective: str = "ce",
                  clean_weight: float | None = None, image_weight: float | None = None,
                  latent_weight: float | None = None, trades_beta: float = 6.0,
                  output: str = "auto", seed: int | None = None, **kwargs):

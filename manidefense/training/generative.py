@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from numpy.typing import ArrayLike
 
 from manidefense._wrapping import build_from_base
 from manidefense.attacks.gradients import logits_function
@@ -77,7 +78,8 @@ class GenerativeAdversarialTrainer(ClassifierTrainer):
     """
 
     def __init__(self, classifier: keras.Model, generator: keras.Model | None = None,
-                 attack=None, layer_groups=None, max_iterations: int = 10,
+                 attack: GenerativeAttack | None = None,
+                 layer_groups: list | None = None, max_iterations: int = 10,
                  clean_weight: float = 0.5, adversarial_weight: float = 0.5,
                  oversample: int = 1, output: str = "auto", seed: int | None = None,
                  **kwargs):
@@ -141,7 +143,8 @@ class GenerativeAdversarialTrainer(ClassifierTrainer):
 
     # === Adversarial examples (inference mode, no gradient to the classifier) ===
 
-    def adversarial_batch(self, labels, group: int | None = None) -> dict:
+    def adversarial_batch(self, labels: ArrayLike | tf.Tensor,
+                          group: int | None = None) -> dict:
         """Generates and attacks one candidate per label (graph-safe).
 
         Args:
@@ -151,6 +154,10 @@ class GenerativeAdversarialTrainer(ClassifierTrainer):
         Returns:
             A dict of `images` (the attacked samples `g(y_adv, η_adv)`), `success`,
             `iterations` (int32) and `group`, one row per label.
+
+        Example:
+        >>> batch = trainer.adversarial_batch(np.arange(10), group=0)  # one sample per class
+        >>> batch["images"][batch["success"]]  # the samples fooled within max_iterations
         """
         gen = self.generator
         labels = ops.cast(labels, "int64")
