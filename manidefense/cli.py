@@ -83,6 +83,10 @@ def _parser():
     ev.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                     help="import this module first, so the custom layers it registers with "
                          "keras.saving.register_keras_serializable load (repeatable)")
+    ev.add_argument("--strategy", default="none", choices=("none", "mirrored", "multiworker"),
+                    help="run the attacks' batches on a tf.distribute strategy: this machine's "
+                         "devices (mirrored) or several machines (multiworker: set TF_CONFIG on "
+                         "each and start the same command on every machine)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     cert = sub.add_parser(
         "certify", help="certify a saved .keras model by randomized smoothing (Cohen et al.): "
@@ -146,19 +150,33 @@ def run_evaluate(args: argparse.Namespace) -> "RobustnessReport":
     """
     import manidefense as md
 
-    model = _load_model(args.model, args.imports)
+    strategy = _strategy(getattr(args, "strategy", "none"))
+    if strategy is None:
+        model = _load_model(args.model, args.imports)
+    else:
+        with strategy.scope():  # every device gets its own copy of the weights
+            model = _load_model(args.model, args.imports)
     x, y = md.datasets.load(args.dataset, args.split, limit=args.n)
     attacks = None if not args.attacks else [a.strip() for a in args.attacks.split(",")]
     report = md.evaluation.evaluate_robustness(
         model, x, y, attacks, eps=args.eps, norm=args.norm, checks=args.checks,
         eot_samples=args.eot_samples, batch_size=args.batch_size, seed=args.seed,
-        state_path=args.state, chunk_size=args.chunk_size, verbose=not args.quiet,
+        state_path=args.state, chunk_size=args.chunk_size, strategy=strategy,
+        verbose=not args.quiet,
     )
     report.meta["dataset"] = f"{args.dataset}/{args.split}[:{len(x)}]"
     report.to_json(args.out)
     if args.markdown:
         Path(args.markdown).write_text(report.to_markdown())
     return report
+
+
+def _strategy(name):
+    """The `tf.distribute` strategy `--strategy` names (None for "none")."""
+    import tensorflow as tf
+
+    return {"none": lambda: None, "mirrored": tf.distribute.MirroredStrategy,
+            "multiworker": tf.distribute.MultiWorkerMirroredStrategy}[name]()
 
 
 def run_demo(dataset: str = "fashion_mnist", train_size: int = 12000, epochs: int = 3,

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 import manidefense
 from manidefense import cli
 
@@ -68,6 +70,14 @@ def test_evaluate_loads_a_saved_model_and_writes_a_report(tmp_path, capsys):
     assert [a["name"] for a in report.attacks][:2] == ["fgsm", "pgd"]
     assert "robust (worst case)" in printed and markdown.read_text() in printed
     assert report.meta["dataset"] == "synthetic/test[:40]"
+    # Under a (here one-device) MirroredStrategy, loaded in its scope: the same per example.
+    mirrored = tmp_path / "mirrored.json"
+    assert cli.main(["evaluate", "--model", str(path), "--dataset", "synthetic", "--eps", "0.05",
+                     "--attacks", "fgsm,pgd", "--n", "40", "--out", str(mirrored),
+                     "--strategy", "mirrored", "--quiet"]) == 0
+    again = md.evaluation.RobustnessReport.from_json(str(mirrored))
+    np.testing.assert_array_equal(again.broken_by, report.broken_by)
+    assert again.meta["replicas"] == 1
 
 
 def test_evaluate_reports_bad_arguments(tmp_path, capsys):
