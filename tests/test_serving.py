@@ -24,6 +24,7 @@ from manidefense.certification import SmoothedClassifier
 from manidefense.layers import RBFLayer, rbf_defense
 from manidefense.shells import MCN, NCN, ModelShell, SamplingVote
 from manidefense.training import DualManifoldTrainer, GenerativeAdversarialTrainer
+from manidefense.training.base import ClassifierTrainer
 
 SEEDS = (3, 3, 4)  # the same seed twice, then another
 
@@ -94,8 +95,8 @@ def world(tmp_path_factory):
     for name, model in models.items():
         inputs = x[:4] if name == "smoothed" else x
         endpoints[name] = model.export(str(work / name), verbose=False) if hasattr(
-            model, "export_endpoints") or isinstance(model, ModelShell) else serving.export(
-            model, str(work / name))
+            model, "export_endpoints") or isinstance(model, (ModelShell, ClassifierTrainer)) \
+            else serving.export(model, str(work / name))
         # The SavedModel starts from the noise state at export: the first call after export.
         expected[f"{name}.serve"] = np.asarray(model(inputs))
         generators = serving.seed_generators(model)
@@ -151,6 +152,15 @@ def test_randomized_defenses_continue_their_noise_stream_and_seeds_reproduce(wor
         for i in range(3):  # the seeded output is the same in and out of the process
             np.testing.assert_allclose(reloaded[f"{name}.{endpoint}.{i}"],
                                        expected[f"{name}.{endpoint}.{i}"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_trainer_exports_its_classifier_without_the_generator(world, tmp_path):
+    models = world[0]
+    gat = models["gat_trainer"]
+    gat.export(str(tmp_path / "gat"))
+    saved = tf.saved_model.load(str(tmp_path / "gat"))
+    # The classifier's variables only (the trainer holds the generator's too).
+    assert len(saved.variables) == len(gat.classifier.variables) < len(gat.variables)
 
 
 def test_seeded_requests_leave_the_noise_stream_where_it_was(world):
