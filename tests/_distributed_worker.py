@@ -1,8 +1,9 @@
 """Runs one evaluation for tests/test_distributed.py in a fresh process (devices are fixed at
 TensorFlow's start): `python _distributed_worker.py MODE OUT [TASK PORT0 PORT1]`.
 
-MODE `single`: one device. `mirrored`: MirroredStrategy over two logical CPUs. `multiworker`:
-MultiWorkerMirroredStrategy, worker TASK of two on localhost PORT0/PORT1.
+MODE `mirrored`: the single-device run (written to OUT with `.single` before the suffix),
+then MirroredStrategy over two logical CPUs (OUT). `multiworker`: MultiWorkerMirroredStrategy,
+worker TASK of two on localhost PORT0/PORT1.
 """
 
 import json
@@ -28,10 +29,7 @@ import numpy as np  # noqa: E402
 import manidefense as md  # noqa: E402
 
 
-def main():
-    strategy = {"single": lambda: None,
-                "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
-                "multiworker": tf.distribute.MultiWorkerMirroredStrategy}[mode]()
+def evaluate(strategy, out):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 1))
     h = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
@@ -53,4 +51,8 @@ def main():
              replicas=report.meta["replicas"])
 
 
-main()
+if mode == "mirrored":
+    evaluate(None, out.replace(".npz", ".single.npz"))
+    evaluate(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), out)
+else:
+    evaluate(tf.distribute.MultiWorkerMirroredStrategy(), out)

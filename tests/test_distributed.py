@@ -1,8 +1,8 @@
 """Distributed evaluation equals the single-device run, example by example.
 
 Devices are fixed when TensorFlow starts, so each run is a fresh process
-(tests/_distributed_worker.py): one device; MirroredStrategy over two logical CPUs; and
-MultiWorkerMirroredStrategy with two worker processes talking over localhost.
+(tests/_distributed_worker.py): one device and MirroredStrategy over two logical CPUs in one
+process, and MultiWorkerMirroredStrategy with two worker processes talking over localhost.
 """
 
 import os
@@ -43,18 +43,17 @@ def _free_port():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("distributed")
-    _finish(_start("single", work / "single.npz"))
-    _finish(_start("mirrored", work / "mirrored.npz"))
+    _finish(_start("mirrored", work / "mirrored.npz"))  # also writes mirrored.single.npz
     ports = [_free_port(), _free_port()]
     workers = [_start("multiworker", work / f"worker{i}.npz", i, *ports) for i in range(2)]
     for process in workers:
         _finish(process)
     return {name: dict(np.load(work / f"{name}.npz"))
-            for name in ("single", "mirrored", "worker0", "worker1")}
+            for name in ("mirrored.single", "mirrored", "worker0", "worker1")}
 
 
 def test_the_single_run_breaks_examples_with_several_attacks(runs):
-    single = runs["single"]
+    single = runs["mirrored.single"]
     assert int(single["replicas"]) == 1
     broken_by = single["broken_by"]
     # Not a degenerate cascade: two random attacks break examples, some stay robust.
@@ -65,7 +64,7 @@ def test_the_single_run_breaks_examples_with_several_attacks(runs):
 def test_distributed_evaluation_equals_the_single_device_run_per_example(runs, name):
     assert int(runs[name]["replicas"]) == 2
     for key in KEYS:
-        np.testing.assert_array_equal(runs[name][key], runs["single"][key], err_msg=key)
+        np.testing.assert_array_equal(runs[name][key], runs["mirrored.single"][key], err_msg=key)
 
 
 def _model():
