@@ -2,7 +2,8 @@
 
 Inside `with distributed(strategy):` every attack call (and so `evaluate_robustness(...,
 strategy=...)`) hands its batches to the strategy's replicas, one batch per replica at a time,
-with `strategy.run`, and gathers the results with `strategy.gather` — TensorFlow's own engine,
+with `strategy.run` inside a `tf.function` (so the replicas' graphs run concurrently), and
+gathers the results with `strategy.gather` — TensorFlow's own engine,
 so the same code runs on one machine's devices (`MirroredStrategy`) and across machines
 (`MultiWorkerMirroredStrategy`, where every worker runs the same program and ends with every
 result).
@@ -73,32 +74,49 @@ def replica_devices(strategy):
     return [local[r % len(local)] for r in range(strategy.num_replicas_in_sync)]
 
 
-def map_batches(strategy: tf.distribute.Strategy, fn, num_batches: int,
-                empty: tf.Tensor) -> tf.Tensor:
-    """Runs `fn(replica, batch)` for every batch index, one batch per replica at a time.
+def map_batches(strategy: tf.distribute.Strategy, fn, batches: list) -> tf.Tensor:
+    """Runs `fn(replica, k, *batches[k])` for every batch k, one batch per replica at a time.
+
+    Each round hands the replicas their batches with `strategy.run` inside one `tf.function`,
+    so the replicas' graphs execute concurrently on their devices (run eagerly, TensorFlow
+    runs replica functions one after another), and collects the results with
+    `strategy.gather`, so every worker of a multi-worker strategy gets all of them.
 
     Args:
         strategy: the `tf.distribute.Strategy`.
-        fn: called in each replica's context with the replica id and the batch index; returns
-            the batch's result, a tensor whose first axis is the batch.
-        num_batches: how many batches.
-        empty: the result of a replica that has no batch in the last round (zero rows).
+        fn: a graph-safe function of the replica id (a Python int), the batch index (an int64
+            scalar tensor) and the batch's tensors; returns the batch's result, a tensor whose
+            first axis is the batch.
+        batches: one tuple of tensors per batch (the same structure for every batch; the
+            first axis is the batch).
 
     Returns:
-        The results of every batch concatenated in batch order, as a tensor (every worker of a
-        multi-worker strategy gets all of them).
+        The results of every batch concatenated in batch order.
 
     Example:
-    >>> batches = [tf.fill((4, 2), float(k)) for k in range(5)]
-    >>> map_batches(strategy, lambda replica, k: batches[k] * 2, 5, tf.zeros((0, 2)))
+    >>> batches = [(tf.fill((4, 2), float(k)),) for k in range(5)]
+    >>> map_batches(strategy, lambda replica, k, x: x * 2, batches).shape
+    TensorShape([20, 2])
     """
     replicas = strategy.num_replicas_in_sync
-    parts = []
-    for first in range(0, num_batches, replicas):
-        def replica_fn(first=first):
-            replica = int(tf.distribute.get_replica_context().replica_id_in_sync_group)
-            batch = first + replica
-            return fn(replica, batch) if batch < num_batches else tf.identity(empty)
+    specs = tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in batches[0])
 
-        parts.append(strategy.gather(strategy.run(replica_fn), axis=0))
-    return tf.concat(parts, axis=0) if parts else tf.identity(empty)
+    def replica_fn(k, *tensors):
+        replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
+        # A replica with no batch in the last round (k = -1) returns zero rows.
+        return tf.cond(k >= 0, lambda: fn(int(replica), k, *tensors),
+                       lambda: tf.zeros((0, *specs[0].shape[1:]), tf.float32))
+
+    @tf.function
+    def step(k, *tensors):
+        return strategy.gather(strategy.run(replica_fn, args=(k, *tensors)), axis=0)
+
+    parts = []
+    for first in range(0, len(batches), replicas):
+        def values(ctx, first=first):
+            k = first + ctx.replica_id_in_sync_group
+            real = k < len(batches)
+            return (tf.constant(k if real else -1, tf.int64), *batches[k if real else first])
+
+        parts.append(step(*strategy.experimental_distribute_values_from_function(values)))
+    return tf.concat(parts, axis=0)

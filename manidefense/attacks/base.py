@@ -142,26 +142,25 @@ class Attack:
         self._reset_seed()
         num_batches = -(-len(x_np) // self.batch_size)
 
-        def batch(attack, k):
-            """Batch k, with random numbers that depend on the seed and k only."""
+        def tensors(k):
             sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
-            attack._seed_batch(k)
-            run = attack._graph(model, t_np is not None, x_np.shape[1:])
-            return attack._restarts(run, tf.constant(x_np[sl], dtype=tf.float32),
-                                    tf.constant(y_np[sl]),
-                                    None if t_np is None else tf.constant(t_np[sl]))
+            parts = (tf.constant(x_np[sl], dtype=tf.float32), tf.constant(y_np[sl]))
+            return parts if t_np is None else (*parts, tf.constant(t_np[sl]))
 
         strategy = distribute.current_strategy()
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             replicas = self._replicas(strategy)
-            empty = tf.zeros((0, *x_np.shape[1:]), tf.float32)
+            runs = [r._graph(model, t_np is not None, x_np.shape[1:]) for r in replicas]
             out = distribute.map_batches(
-                strategy, lambda r, k: batch(replicas[r], k), num_batches, empty).numpy()
+                strategy, lambda r, k, *args: replicas[r]._batch(runs[r], k, *args),
+                [tensors(k) for k in range(num_batches)]).numpy()
         else:
+            run = self._graph(model, t_np is not None, x_np.shape[1:])
             out = np.empty(x_np.shape, dtype=np.float32)
             bar = keras.utils.Progbar(len(x_np)) if self.verbose and num_batches > 1 else None
             for k in range(num_batches):
-                out[k * self.batch_size:(k + 1) * self.batch_size] = batch(self, k).numpy()
+                out[k * self.batch_size:(k + 1) * self.batch_size] = self._batch(
+                    run, k, *tensors(k)).numpy()
                 if bar is not None:
                     bar.add(min(self.batch_size, len(x_np) - k * self.batch_size))
         out = out.astype(x_np.dtype, copy=False)
@@ -188,11 +187,18 @@ class Attack:
 
     def _seed_batch(self, k):
         """Batch k of a call draws from state [seed, k * 2**32]: its own stream (a draw advances
-        the second word by one), whatever device runs it and whatever ran before."""
+        the second word by one), whatever device runs it and whatever ran before. `k` may be
+        a tensor (graph-safe)."""
         if self._seed_generator is None:
             self._seed_generator = keras.random.SeedGenerator(self._call_seed)
-        self._seed_generator.state.assign(ops.convert_to_tensor(
-            [self._call_seed, k << 32], dtype=self._seed_generator.state.dtype))
+        state = self._seed_generator.state
+        k = ops.cast(k, state.dtype)
+        state.assign(ops.stack([ops.cast(self._call_seed, state.dtype), k * (2 ** 32)]))
+
+    def _batch(self, run, k, xb, yb, tb=None):
+        """Batch `k` of a call (graph-safe): its seed stream, then the restarts."""
+        self._seed_batch(k)
+        return self._restarts(run, xb, yb, tb)
 
     def _replicas(self, strategy):
         """One copy of this attack per replica of `strategy`, each with its own graphs and its
@@ -247,16 +253,18 @@ class Attack:
 
     def _restarts(self, run, xb, yb, tb):
         args = (xb, yb) if tb is None else (xb, yb, tb)
-        best_x, best_loss, best_success = run(*args)
-        for _ in range(self.num_restarts - 1):
-            if bool(ops.all(best_success)):
-                break  # every example is already broken: more restarts cannot help
+        best = run(*args)
+
+        def restart(best_x, best_loss, best_success):
             x_adv, loss, success = run(*args)
             take = better(loss, success, best_loss, best_success)
-            best_x = select(take, x_adv, best_x)
-            best_loss = ops.where(take, loss, best_loss)
-            best_success = ops.logical_or(best_success, success)
-        return best_x
+            return (select(take, x_adv, best_x), ops.where(take, loss, best_loss),
+                    ops.logical_or(best_success, success))
+
+        for _ in range(self.num_restarts - 1):
+            # Once every example is broken more restarts cannot help: skip them (graph-safe).
+            best = tf.cond(ops.all(best[2]), lambda b=best: b, lambda b=best: restart(*b))
+        return best[0]
 
     # === Configuration ===
 
