@@ -20,6 +20,7 @@ reads; for GPUs, build or load the model under `strategy.scope()` so each device
 
 import contextlib
 import contextvars
+import weakref
 
 import tensorflow as tf
 
@@ -74,6 +75,30 @@ def replica_devices(strategy):
     return [local[r % len(local)] for r in range(strategy.num_replicas_in_sync)]
 
 
+_STEPS = weakref.WeakKeyDictionary()  # fn -> {(id(strategy), feature shape): compiled step}
+
+
+def _step(strategy, fn, feature_shape):
+    """The compiled round of `map_batches` for `fn`, traced once per input signature."""
+    steps = _STEPS.setdefault(fn, {})
+    key = (id(strategy), feature_shape)
+    if key in steps:
+        return steps[key]
+
+    def replica_fn(k, *tensors):
+        replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
+        # A replica with no batch in the last round (k = -1) returns zero rows.
+        return tf.cond(k >= 0, lambda: fn(int(replica), k, *tensors),
+                       lambda: tf.zeros((0, *feature_shape), tf.float32))
+
+    @tf.function(reduce_retracing=True)
+    def step(k, *tensors):
+        return strategy.gather(strategy.run(replica_fn, args=(k, *tensors)), axis=0)
+
+    steps[key] = step
+    return step
+
+
 def map_batches(strategy: tf.distribute.Strategy, fn, batches: list) -> tf.Tensor:
     """Runs `fn(replica, k, *batches[k])` for every batch k, one batch per replica at a time.
 
@@ -99,17 +124,7 @@ def map_batches(strategy: tf.distribute.Strategy, fn, batches: list) -> tf.Tenso
     TensorShape([20, 2])
     """
     replicas = strategy.num_replicas_in_sync
-    specs = tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in batches[0])
-
-    def replica_fn(k, *tensors):
-        replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
-        # A replica with no batch in the last round (k = -1) returns zero rows.
-        return tf.cond(k >= 0, lambda: fn(int(replica), k, *tensors),
-                       lambda: tf.zeros((0, *specs[0].shape[1:]), tf.float32))
-
-    @tf.function
-    def step(k, *tensors):
-        return strategy.gather(strategy.run(replica_fn, args=(k, *tensors)), axis=0)
+    step = _step(strategy, fn, tuple(batches[0][0].shape[1:]))
 
     parts = []
     for first in range(0, len(batches), replicas):

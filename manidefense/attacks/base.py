@@ -108,6 +108,7 @@ class Attack:
         self._call_seed = None
         self._graphs = {}
         self._replica_copies = {}  # id(strategy) -> (weakref, per-replica copies)
+        self._replica_fns = {}  # (id(strategy), graph key) -> (weakrefs, map_batches function)
 
     # === To be written by subclasses ===
 
@@ -149,10 +150,9 @@ class Attack:
 
         strategy = distribute.current_strategy()
         if strategy is not None and strategy.num_replicas_in_sync > 1:
-            replicas = self._replicas(strategy)
-            runs = [r._graph(model, t_np is not None, x_np.shape[1:]) for r in replicas]
             out = distribute.map_batches(
-                strategy, lambda r, k, *args: replicas[r]._batch(runs[r], k, *args),
+                strategy, self._replica_batches(strategy, model, t_np is not None,
+                                                x_np.shape[1:]),
                 [tensors(k) for k in range(num_batches)]).numpy()
         else:
             run = self._graph(model, t_np is not None, x_np.shape[1:])
@@ -183,17 +183,18 @@ class Attack:
         # seed=None follows Python's global RNG, as Keras does, so set_random_seed applies.
         seed = self.seed if self.seed is not None else python_random.randint(1, 2**31 - 1)
         self._call_seed = seed
-        self._seed_batch(0)
+        if self._seed_generator is None:
+            self._seed_generator = keras.random.SeedGenerator(seed)
+        state = self._seed_generator.state
+        state.assign(ops.convert_to_tensor([seed, 0], dtype=state.dtype))
 
     def _seed_batch(self, k):
         """Batch k of a call draws from state [seed, k * 2**32]: its own stream (a draw advances
-        the second word by one), whatever device runs it and whatever ran before. `k` may be
-        a tensor (graph-safe)."""
-        if self._seed_generator is None:
-            self._seed_generator = keras.random.SeedGenerator(self._call_seed)
+        the second word by one), whatever device runs it and whatever ran before. The seed is
+        the state's first word, set per call by `_reset_seed`; `k` may be a tensor, so a
+        traced graph serves every call (graph-safe)."""
         state = self._seed_generator.state
-        k = ops.cast(k, state.dtype)
-        state.assign(ops.stack([ops.cast(self._call_seed, state.dtype), k * (2 ** 32)]))
+        state.assign(ops.stack([state[0], ops.cast(k, state.dtype) * (2 ** 32)]))
 
     def _batch(self, run, k, xb, yb, tb=None):
         """Batch `k` of a call (graph-safe): its seed stream, then the restarts."""
@@ -210,6 +211,7 @@ class Attack:
                 replica = copy.copy(self)
                 replica._graphs = {}
                 replica._replica_copies = {}
+                replica._replica_fns = {}
                 with tf.device(device):
                     replica._seed_generator = keras.random.SeedGenerator(0)
                 copies.append(replica)
@@ -218,7 +220,25 @@ class Attack:
         for replica in cached[1]:
             replica._call_seed = self._call_seed
             replica.output_kind_ = self.output_kind_
+            state = replica._seed_generator.state
+            state.assign(ops.convert_to_tensor([self._call_seed, 0], dtype=state.dtype))
         return cached[1]
+
+    def _replica_batches(self, strategy, model, targeted, feature_shape):
+        """`fn(replica, k, *batch)` for `distribute.map_batches`, built once per strategy and
+        graph (map_batches caches its compiled step per function: no retrace per call)."""
+        replicas = self._replicas(strategy)
+        key = (id(strategy), id(model), targeted, tuple(feature_shape))
+        cached = self._replica_fns.get(key)
+        if cached is None or cached[0]() is not strategy or cached[1]() is not model:
+            runs = [r._graph(model, targeted, feature_shape) for r in replicas]
+
+            def fn(replica, k, *batch):
+                return replicas[replica]._batch(runs[replica], k, *batch)
+
+            cached = (weakref.ref(strategy), weak_reference(model), fn)
+            self._replica_fns[key] = cached
+        return cached[2]
 
     def _graph(self, model, targeted, feature_shape):
         key = (id(model), targeted, tuple(feature_shape))
